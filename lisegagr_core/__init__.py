@@ -1,0 +1,1 @@
+"""Farmland imagery to agricultural field instances with Segment Anything (the LiSegAgr method)."""
