@@ -21,35 +21,50 @@ ALGORITHM_VERSION = "1"
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class AmgSettings(_Settings):
     """Segment Anything's automatic mask generator (AMG) settings, as in `segment_anything`."""
 
-    points_per_side: int = Field(32, ge=1, description="Point prompts per side of the grid.")
-    points_per_batch: int = Field(64, ge=1, description="Point prompts decoded per batch.")
-    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0, description="Keep masks whose predicted IoU is above this.")
-    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0, description="Keep masks whose stability score is above this.")
-    stability_score_offset: float = Field(1.0, gt=0.0, description="Logit offset for the stability score.")
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box IoU above which AMG drops duplicates.")
-    crop_n_layers: int = Field(0, ge=0, description="AMG's own multi-crop layers (0: whole image only).")
-    min_mask_region_area: int = Field(0, ge=0, description="AMG's hole/island clean-up area (0: off).")
+    points_per_side: int = Field(32, ge=1)
+    """Point prompts per side of the grid."""
+    points_per_batch: int = Field(64, ge=1)
+    """Point prompts decoded per batch."""
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    """Keep masks whose predicted IoU is above this."""
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    """Keep masks whose stability score is above this."""
+    stability_score_offset: float = Field(1.0, gt=0.0)
+    """Logit offset for the stability score."""
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    """Box IoU above which AMG drops duplicates."""
+    crop_n_layers: int = Field(0, ge=0)
+    """AMG's own multi-crop layers (0: whole image only)."""
+    min_mask_region_area: int = Field(0, ge=0)
+    """AMG's hole/island clean-up area (0: off)."""
 
 
 class WhiteningSettings(_Settings):
     """How a tile is whitened between rounds to show only what is still unsegmented."""
 
-    mask_dilation_px: int = Field(3, ge=0, description="Kept masks are dilated by this many pixels before painting them white.")
-    residue_max_area: float = Field(200.0, ge=0, description="Dark specks (external contours of the Otsu-inverted grey image) under this area are painted white.")
-    dark_region_min_area: int = Field(1000, ge=0, description="Dark regions (grey below Otsu) under this area are painted white.")
-    bright_threshold: int = Field(200, ge=0, le=255, description="Pixels whose three channels are all above this are painted white.")
-    edge_erase_from_round: int = Field(3, ge=2, description="From this round on, strong edges are erased before the clean-up.")
+    mask_dilation_px: int = Field(3, ge=0)
+    """Kept masks are dilated by this many pixels before they are painted white."""
+    residue_max_area: float = Field(200.0, ge=0)
+    """Dark specks (external contours of the Otsu-inverted grey image) under this area go."""
+    dark_region_min_area: int = Field(1000, ge=0)
+    """Dark regions (grey at or below Otsu) under this area are painted white."""
+    bright_threshold: int = Field(200, ge=0, le=255)
+    """Pixels whose three channels are all above this are painted white."""
+    edge_erase_from_round: int = Field(3, ge=2)
+    """From the whitening that prepares this round on, strong edges are erased first."""
     edge_canny_low: int = Field(100, ge=0)
     edge_canny_high: int = Field(200, ge=0)
-    edge_dilate_kernel: int = Field(5, ge=1, description="Square kernel that dilates the Canny edges.")
+    edge_dilate_kernel: int = Field(5, ge=1)
+    """Side of the square kernel that dilates the Canny edges."""
     edge_dilate_iterations: int = Field(3, ge=0)
-    edge_blur_kernel: int = Field(21, ge=1, description="Gaussian kernel (odd) that blurs the dilated edges; saturated pixels are erased.")
+    edge_blur_kernel: int = Field(21, ge=1)
+    """Gaussian kernel (odd) over the dilated edges; where it saturates, pixels are erased."""
 
     @model_validator(mode="after")
     def _odd_blur(self) -> WhiteningSettings:
@@ -59,13 +74,17 @@ class WhiteningSettings(_Settings):
 
 
 class RoundSettings(_Settings):
-    """Iterative segmentation: up to `max_rounds` AMG passes over ever-whiter tiles."""
+    """Iterative segmentation: up to `max_rounds` AMG passes over ever whiter tiles."""
 
     max_rounds: int = Field(4, ge=1, le=16)
-    min_unsegmented_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Another round runs while at least this share of the whitened tile is not white.")
-    round2_white_drop: float = Field(0.5, gt=0.0, le=1.0, description="Round 2 drops a mask when this share of its pixels or more is white.")
-    later_white_drop: float = Field(0.9, gt=0.0, le=1.0, description="Rounds 3 and later drop a mask when this share of its pixels or more is white.")
-    merge_iou: float = Field(0.8, ge=0.0, le=1.0, description="Pooled masks overlapping above this IoU: the smaller is dropped.")
+    min_unsegmented_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Another round runs while at least this share of the whitened tile is not white."""
+    round2_white_drop: float = Field(0.5, gt=0.0, le=1.0)
+    """Round 2 drops a mask when this share of its pixels or more is white."""
+    later_white_drop: float = Field(0.9, gt=0.0, le=1.0)
+    """Rounds 3 and later drop a mask when this share of its pixels or more is white."""
+    merge_iou: float = Field(0.8, ge=0.0, le=1.0)
+    """Pooled masks overlapping above this IoU: the smaller is dropped."""
     whitening: WhiteningSettings = WhiteningSettings()
 
 
@@ -73,16 +92,24 @@ class RefineSettings(_Settings):
     """Refined segmentation: under-segmented large masks are cut again."""
 
     enabled: bool = True
-    min_area: int = Field(10_000, ge=0, description="Only masks larger than this are candidates.")
-    edge_ratio_thresh: float = Field(0.4, ge=0.0, le=1.0, description="Share of edge pixels off the mask's outline above which a mask is suspect.")
-    entropy_thresh: float = Field(6.0, ge=0.0, le=8.0, description="Mean RGB histogram entropy (bits) above which a mask is suspect.")
+    min_area: int = Field(10_000, ge=0)
+    """Only masks larger than this (pixels) are candidates."""
+    edge_ratio_thresh: float = Field(0.4, ge=0.0, le=1.0)
+    """Share of edge pixels off the mask's outline above which a mask is suspect."""
+    entropy_thresh: float = Field(6.0, ge=0.0, le=8.0)
+    """Mean RGB histogram entropy (bits) above which a mask is suspect."""
     canny_low: int = Field(100, ge=0)
     canny_high: int = Field(100, ge=0)
-    blur_kernel: int = Field(5, ge=1, description="Gaussian blur (odd) before Canny.")
-    outline_thickness: int = Field(3, ge=1, description="Width of the mask's own outline, whose edges do not count.")
-    crop_white_drop: float = Field(0.9, gt=0.0, le=1.0, description="Masks of a refinement crop this white or more are dropped.")
+    blur_kernel: int = Field(5, ge=1)
+    """Gaussian blur (odd) before Canny."""
+    outline_thickness: int = Field(3, ge=1)
+    """Width of the mask's own outline, whose edges do not count."""
+    crop_white_drop: float = Field(0.9, gt=0.0, le=1.0)
+    """Masks of a refinement crop this white or more are dropped."""
     refined_dedup_iou: float = Field(0.9, ge=0.0, le=1.0)
+    """Refined masks overlapping above this IoU: the smaller is dropped."""
     final_dedup_iou: float = Field(0.6, ge=0.0, le=1.0)
+    """Step-1 and refined masks overlapping above this IoU: the smaller is dropped."""
 
     @model_validator(mode="after")
     def _odd_blur(self) -> RefineSettings:
@@ -97,18 +124,25 @@ class EngineConfig(_Settings):
     amg: AmgSettings = AmgSettings()
     rounds: RoundSettings = RoundSettings()
     refine: RefineSettings = RefineSettings()
-    min_component_area: int = Field(50, ge=1, description="Connected components under this many pixels are dropped.")
-    working_size: int | None = Field(1000, ge=64, description="Images are resized so that their longer side is this (the paper's 1000 px); None keeps them.")
+    min_component_area: int = Field(50, ge=1)
+    """Connected components under this many pixels are dropped."""
+    working_size: int | None = Field(1000, ge=64)
+    """Longer side (px) images are resized to, as the paper does; None keeps their size."""
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of every setting: the input of cache keys."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EngineConfig:
-    """Read an `EngineConfig` from YAML/JSON (missing file → defaults), then apply overrides.
-
-    ``overrides`` are dotted keys, e.g. ``{"amg.points_per_side": 16}``.
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    model_settings: dict[str, Any] | None = None,
+) -> EngineConfig:
+    """Settings from, in rising precedence: the paper's defaults, the settings recorded with
+    the model (e.g. AMG thresholds tuned for it), a YAML/JSON file, and dotted overrides such
+    as ``{"amg.points_per_side": 16}`` from the command line.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -118,10 +152,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         except FileNotFoundError:
             raise InputError(f"{path}: no such configuration file.") from None
         except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML or JSON ({exc.__class__.__name__}).") from None
+            raise InputError(
+                f"{path}: not valid YAML or JSON ({exc.__class__.__name__})."
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise InputError(f"{path}: a configuration must be a mapping of settings.")
         data = loaded or {}
+    for section, values in (model_settings or {}).items():
+        if isinstance(values, dict):
+            data[section] = {**values, **data.get(section, {})}
+        else:
+            data.setdefault(section, values)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

@@ -99,8 +99,13 @@ def iterative_rounds(
             kept = proposed.select(on_white < _white_drop(settings, round_number))
         pooled.append(kept.with_stage(round_number))
         reports.append(
-            RoundReport(round_number, len(proposed), len(kept), unsegmented_fraction(seen),
-                        time.perf_counter() - started)
+            RoundReport(
+                round_number,
+                len(proposed),
+                len(kept),
+                unsegmented_fraction(seen),
+                time.perf_counter() - started,
+            )
         )
         log.debug("round %d: %d proposed, %d kept", round_number, len(proposed), len(kept))
         if round_number == settings.max_rounds:
@@ -114,10 +119,14 @@ def iterative_rounds(
 
 def merge_rounds(masks: MaskSet, config: EngineConfig) -> MaskSet:
     """Pooled masks de-duplicated at `merge_iou`, split into components, small ones dropped."""
-    return split_components(dedup_keep_larger(masks, config.rounds.merge_iou), config.min_component_area)
+    return split_components(
+        dedup_keep_larger(masks, config.rounds.merge_iou), config.min_component_area
+    )
 
 
-def segment_image(image: NDArray[np.uint8], source: MaskSource, config: EngineConfig) -> Segmentation:
+def segment_image(
+    image: NDArray[np.uint8], source: MaskSource, config: EngineConfig
+) -> Segmentation:
     """Run the whole method (steps 1 and 2 of the algorithm) on `image` (H, W, 3) uint8."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
@@ -143,12 +152,16 @@ def segment_image(image: NDArray[np.uint8], source: MaskSource, config: EngineCo
     )
 
 
-def _instances(labels: NDArray[np.uint32], masks: MaskSet, source_index: NDArray[np.int64]) -> list[Instance]:
+def _instances(
+    labels: NDArray[np.uint32], masks: MaskSet, source_index: NDArray[np.int64]
+) -> list[Instance]:
     """Per-instance records of a partition: area and box from the labels, scores from the mask."""
     count = len(source_index)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     instances = []
-    for k, (rows, cols) in enumerate(ndimage.find_objects(labels.astype(np.int64), max_label=count)):
+    for k, (rows, cols) in enumerate(
+        ndimage.find_objects(labels.astype(np.int64), max_label=count)
+    ):
         src = int(source_index[k])
         instances.append(
             Instance(

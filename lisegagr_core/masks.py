@@ -46,7 +46,9 @@ class MaskSet:
 
     def __post_init__(self) -> None:
         if self.masks.ndim != 3 or self.masks.dtype != np.bool_:
-            raise ValueError(f"masks must be (N, H, W) bool, got {self.masks.shape} {self.masks.dtype}")
+            raise ValueError(
+                f"masks must be (N, H, W) bool, got {self.masks.shape} {self.masks.dtype}"
+            )
         n = len(self.masks)
         for name in ("predicted_iou", "stability", "stage"):
             if len(getattr(self, name)) != n:
@@ -97,7 +99,7 @@ class MaskSet:
 
     @cached_property
     def boxes(self) -> NDArray[np.int64]:
-        """(N, 4) XYXY boxes, inclusive of the last row/column like segment_anything's; 0s if empty."""
+        """(N, 4) XYXY boxes, last row/column inclusive (as segment_anything's); 0s if empty."""
         pixels, width = self.pixels, self.shape[1]
         boxes = np.zeros((len(self), 4), dtype=np.int64)
         filled = np.flatnonzero(np.diff(pixels.indptr) > 0)
@@ -128,7 +130,12 @@ class MaskSet:
         )
 
     def with_stage(self, stage: int) -> MaskSet:
-        return MaskSet(self.masks, self.predicted_iou, self.stability, np.full(len(self), stage, dtype=np.int16))
+        return MaskSet(
+            self.masks,
+            self.predicted_iou,
+            self.stability,
+            np.full(len(self), stage, dtype=np.int16),
+        )
 
     @staticmethod
     def concat(sets: Sequence[MaskSet], shape: tuple[int, int]) -> MaskSet:

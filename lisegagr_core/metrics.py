@@ -86,7 +86,9 @@ def field_pixel_iou(truth: Labels, predicted: Labels) -> float:
     return float((t & p).sum()) / union if union else 1.0
 
 
-def match_instances(table: Overlaps, iou_thresh: float = 0.5) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def match_instances(
+    table: Overlaps, iou_thresh: float = 0.5
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """One-to-one matches (row indices into true, column indices into predicted) at IoU ≥ thresh.
 
     The assignment maximises total IoU; at thresholds ≥ 0.5 a partition admits at most one
@@ -121,7 +123,9 @@ def score_partition(
     recall = n_match / n_true if n_true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     cover_of_true = np.divide(
-        table.intersection, table.true_areas[:, None], out=np.zeros(table.intersection.shape),
+        table.intersection,
+        table.true_areas[:, None],
+        out=np.zeros(table.intersection.shape),
         where=table.true_areas[:, None] > 0,
     )
     merged = int((((cover_of_true >= merge_cover).sum(axis=0)) >= 2).sum())

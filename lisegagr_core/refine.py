@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 _EDGE_MARGIN = 8
 
 
-def _cut_out(image: NDArray[np.uint8], mask: NDArray[np.bool_], window: Window) -> NDArray[np.uint8]:
+def _cut_out(
+    image: NDArray[np.uint8], mask: NDArray[np.bool_], window: Window
+) -> NDArray[np.uint8]:
     """The `window` of `image` with every pixel outside `mask` white."""
     crop = image[window.toslices()].copy()
     crop[~mask[window.toslices()]] = WHITE
@@ -40,7 +42,9 @@ def _box_window(box: NDArray[np.int64], shape: tuple[int, int], margin: int = 0)
     return Window(x0, y0, x1 - x0, y1 - y0)
 
 
-def edge_ratio(image: NDArray[np.uint8], mask: NDArray[np.bool_], settings: RefineSettings) -> float:
+def edge_ratio(
+    image: NDArray[np.uint8], mask: NDArray[np.bool_], settings: RefineSettings
+) -> float:
     """Share of the edge pixels of the cut-out mask that are not on its own outline.
 
     image: (H, W, 3) uint8; mask: (H, W) bool. Canny after a Gaussian blur, on the image with
@@ -55,7 +59,9 @@ def edge_ratio(image: NDArray[np.uint8], mask: NDArray[np.bool_], settings: Refi
     crop = _cut_out(image, mask, window)
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     k = settings.blur_kernel
-    edges = cv2.Canny(cv2.GaussianBlur(grey, (k, k), 0), settings.canny_low, settings.canny_high) > 0
+    edges = (
+        cv2.Canny(cv2.GaussianBlur(grey, (k, k), 0), settings.canny_low, settings.canny_high) > 0
+    )
     total = int(edges.sum())
     if total == 0:
         return 0.0
@@ -115,11 +121,18 @@ def refine_masks(
         window = _box_window(masks.boxes[i], masks.shape)
         crop = _cut_out(image, masks.masks[i], window)
         pieces = source.generate(crop, window)
-        pieces = pieces.select(white_fraction(pieces, white_pixels(crop)) < settings.crop_white_drop)
+        pieces = pieces.select(
+            white_fraction(pieces, white_pixels(crop)) < settings.crop_white_drop
+        )
         if len(pieces):
             found.append(_place(pieces, window, masks.shape))
     refined = MaskSet.concat(found, masks.shape).with_stage(STAGE_REFINED)
-    log.debug("refinement: %d candidates, %d under-segmented, %d new masks", candidates, len(flagged), len(refined))
+    log.debug(
+        "refinement: %d candidates, %d under-segmented, %d new masks",
+        candidates,
+        len(flagged),
+        len(refined),
+    )
     return refined, RefinementReport(candidates, len(flagged), len(refined))
 
 

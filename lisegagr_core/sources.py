@@ -100,8 +100,7 @@ class GroundTruthMaskSource:
         visible = ids[visible_px[ids] >= self.min_visible_fraction * areas]
 
         n_missed = round(self._fraction(self.miss_fractions, call) * len(visible))
-        missed = rng.choice(visible, size=n_missed, replace=False) if n_missed else []
-        visible = np.setdiff1d(visible, missed)
+        visible = np.setdiff1d(visible, rng.choice(visible, size=n_missed, replace=False))
         groups = self._merge_groups(truth, visible, self._fraction(self.merge_fractions, call), rng)
         if not groups:
             return MaskSet.empty(image.shape[:2])
@@ -133,7 +132,9 @@ def _touching_pairs(truth: NDArray[np.integer], allowed: set[int]) -> NDArray[np
     pairs = []
     for a, b in ((truth[:, :-1], truth[:, 1:]), (truth[:-1, :], truth[1:, :])):
         differ = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.stack([np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])], 1))
+        pairs.append(
+            np.stack([np.minimum(a[differ], b[differ]), np.maximum(a[differ], b[differ])], 1)
+        )
     unique = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
     keep = [i for i, (a, b) in enumerate(unique) if a in allowed and b in allowed]
     return unique[keep].reshape(-1, 2)

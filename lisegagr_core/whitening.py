@@ -56,7 +56,7 @@ def _dark_pixels(image: Image) -> NDArray[np.uint8]:
     """(H, W) uint8 255 where the grey image is at or below its Otsu threshold, else 0."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     _, dark = cv2.threshold(grey, 0, WHITE, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
-    return dark
+    return np.asarray(dark, dtype=np.uint8)
 
 
 def clear_dark_residue(image: Image, max_area: float) -> Image:

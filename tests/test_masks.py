@@ -37,7 +37,9 @@ def test_pairwise_iou_matches_pixel_counting() -> None:
 
 def test_boxes_are_inclusive_xyxy_and_zero_for_empty_masks() -> None:
     shape = (30, 40)
-    masks = np.stack([_rect(shape, 5, 7, 12, 20), np.zeros(shape, bool), _rect(shape, 39, 29, 40, 30)])
+    masks = np.stack(
+        [_rect(shape, 5, 7, 12, 20), np.zeros(shape, bool), _rect(shape, 39, 29, 40, 30)]
+    )
     np.testing.assert_array_equal(
         MaskSet.from_masks(masks).boxes, [[5, 7, 11, 19], [0, 0, 0, 0], [39, 29, 39, 29]]
     )
@@ -64,7 +66,9 @@ def test_dedup_keeps_both_masks_at_or_below_the_threshold() -> None:
 def test_dedup_chain_is_resolved_from_the_largest_down() -> None:
     # a ⊃ b ⊃ c, each pair above 0.8: only a survives, never a lone middle mask.
     shape = (100, 100)
-    masks = np.stack([_rect(shape, 0, 0, 90, 100), _rect(shape, 0, 0, 100, 100), _rect(shape, 0, 0, 81, 100)])
+    masks = np.stack(
+        [_rect(shape, 0, 0, 90, 100), _rect(shape, 0, 0, 100, 100), _rect(shape, 0, 0, 81, 100)]
+    )
     kept = dedup_keep_larger(MaskSet.from_masks(masks), 0.8)
     assert len(kept) == 1 and kept.areas[0] == 100 * 100
 
@@ -91,7 +95,8 @@ def test_partition_paints_smaller_masks_over_larger_ones() -> None:
     parcel = _rect(shape, 0, 0, 60, 60)
     piece = _rect(shape, 10, 10, 30, 30)
     masks = MaskSet.concat(
-        [MaskSet.from_masks(parcel[None]), MaskSet.from_masks(piece[None], stage=STAGE_REFINED)], shape
+        [MaskSet.from_masks(parcel[None]), MaskSet.from_masks(piece[None], stage=STAGE_REFINED)],
+        shape,
     )
     result = partition(masks, min_area=50)
     assert result.count == 2

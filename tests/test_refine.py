@@ -55,7 +55,9 @@ def test_refinement_splits_a_mask_that_merged_two_fields_of_different_colour() -
     config = EngineConfig(working_size=None)
 
     merged_only = GroundTruthMaskSource(truth, merge_fractions=[1.0])
-    without = segment_image(image, merged_only, config.model_copy(update={"refine": RefineSettings(enabled=False)}))
+    without = segment_image(
+        image, merged_only, config.model_copy(update={"refine": RefineSettings(enabled=False)})
+    )
     assert len(without.instances) == 1
 
     source = GroundTruthMaskSource(truth, merge_fractions=[1.0])

@@ -1,0 +1,23 @@
+"""Shared fixtures. The real imagery lives beside the project (../shared/data), never in it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("LISEGAGR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $LISEGAGR_SHARED_DATA); tests that need it skip when it is absent."""
+    root = shared_data_root()
+    if not (root / "agoro-naip").is_dir():
+        pytest.skip(f"real imagery not found at {root} (set LISEGAGR_SHARED_DATA)")
+    return root
