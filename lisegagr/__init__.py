@@ -1,0 +1,1 @@
+"""lisegagr: the command line and application layer over `lisegagr_core`."""

@@ -1,0 +1,309 @@
+"""The `lisegagr` command.
+
+    lisegagr segment IMAGE... -o DIR [--model NAME|PATH]
+    lisegagr demo [-o DIR]
+    lisegagr weights list | fetch NAME
+
+Every error the user can fix is printed as one sentence, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lisegagr_core.config import EngineConfig, load_config
+from lisegagr_core.errors import LisegagrError
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest, WeightsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+weights_app = typer.Typer(
+    no_args_is_help=True, help="Segment Anything checkpoints: list and fetch."
+)
+app.add_typer(weights_app, name="weights")
+
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("lisegagr")
+
+WeightsDir = Annotated[
+    Path,
+    typer.Option(
+        "--weights-dir",
+        envvar="LISEGAGR_WEIGHTS_DIR",
+        help="Where checkpoints are looked for and downloaded to.",
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="vit_b, vit_l, vit_h, tiny, a project model name, or a checkpoint PATH. "
+        "Default: vit_b when its checkpoint is present, else the project's default model.",
+    ),
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML/JSON file of engine settings.")
+]
+PointsOption = Annotated[
+    int | None, typer.Option("--points-per-side", help="AMG point grid per side (paper: 32).")
+]
+
+
+def _say(prefix: str, message: str) -> None:
+    """One message on stderr, never wrapped mid-sentence (tools and tests grep for it)."""
+    console.print(f"{prefix} ", end="")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    _say("[bold red]error:[/]", message)
+    return typer.Exit(code=2)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Map agricultural fields in imagery with iterative Segment Anything (LiSegAgr)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def _manifest(weights_dir: Path) -> Manifest:
+    return Manifest.load(weights_dir / "manifest.json")
+
+
+def choose_model(requested: str | None, weights_dir: Path, manifest: Manifest) -> str:
+    """The model to use: the one asked for, else vit_b when present, else the manifest's default."""
+    if requested:
+        return requested
+    vit_b = manifest.entries.get("vit_b")
+    if vit_b is not None and (weights_dir / vit_b.filename).exists():
+        return "vit_b"
+    return manifest.default
+
+
+def _engine_setup(
+    model: str | None,
+    weights_dir: Path,
+    device: str | None,
+    config_path: Path | None,
+    overrides: dict[str, Any],
+) -> tuple[Any, EngineConfig, str]:
+    from lisegagr_core.models import load_sam, model_description
+    from lisegagr_core.sources import SamMaskSource
+
+    manifest = _manifest(weights_dir)
+    name = choose_model(model, weights_dir, manifest)
+    sam = load_sam(name, weights_dir=weights_dir, manifest=manifest, device=device)
+    config = load_config(config_path, overrides, model_settings=sam.settings)
+    return SamMaskSource(sam, config.amg), config, model_description(sam)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}"),
+        console=console,
+    )
+
+
+@app.command()
+def segment(
+    images: Annotated[list[Path], typer.Argument(help="JPEG, PNG or GeoTIFF images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    model: ModelOption = None,
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    device: DeviceOption = None,
+    config: ConfigOption = None,
+    points_per_side: PointsOption = None,
+    working_size: Annotated[
+        int | None, typer.Option(help="Longer side the image is resized to (paper: 1000).")
+    ] = None,
+    table_format: Annotated[str, typer.Option(help="csv or parquet.")] = "csv",
+) -> None:
+    """Segment images into field instances (label raster, table, overlay, LabelMe JSON)."""
+    from lisegagr_core.single_image import segment_file
+
+    if table_format not in ("csv", "parquet"):
+        raise _fail(f"--table-format must be csv or parquet, not {table_format!r}.")
+    overrides: dict[str, Any] = {}
+    if points_per_side is not None:
+        overrides["amg.points_per_side"] = points_per_side
+    if working_size is not None:
+        overrides["working_size"] = working_size
+    try:
+        source, engine_config, described = _engine_setup(
+            model, weights_dir, device, config, overrides
+        )
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    _say("model:", described)
+    failures: list[str] = []
+    summary: list[dict[str, Any]] = []
+    with _progress() as progress:
+        task = progress.add_task("segmenting", total=len(images), current="")
+        for image in images:
+            progress.update(task, current=image.name)
+            try:
+                result = segment_file(
+                    image, source, engine_config, output, table_format=table_format
+                )
+            except LisegagrError as exc:
+                failures.append(str(exc))
+                _say("[red]skipped:[/]", str(exc))
+            else:
+                summary.append(
+                    {
+                        "image": str(image),
+                        "instances": result.instances,
+                        "seconds": round(result.seconds, 2),
+                        "notes": list(result.notes),
+                    }
+                )
+                for note in result.notes:
+                    _say("[yellow]note:[/]", f"{image}: {note}")
+            progress.advance(task)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "run.json").write_text(
+        json.dumps(
+            {
+                "model": described,
+                "config": engine_config.model_dump(mode="json"),
+                "images": summary,
+                "failures": failures,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    table = Table("image", "instances", "seconds")
+    for row in summary:
+        table.add_row(Path(row["image"]).name, str(row["instances"]), f"{row['seconds']:.1f}")
+    out.print(table)
+    out.print(f"outputs in {output}/ (made by {described})", soft_wrap=True)
+    if failures:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("demo-out"),
+    model: ModelOption = None,
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    device: DeviceOption = None,
+    size: Annotated[int, typer.Option(help="Side of the generated scene in pixels.")] = 512,
+    points_per_side: PointsOption = 16,
+    seed: int = 0,
+) -> None:
+    """Make a synthetic farmland scene, segment it, and score the result against its truth."""
+    from lisegagr_core.metrics import score_partition
+    from lisegagr_core.single_image import segment_file
+    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+
+    output.mkdir(parents=True, exist_ok=True)
+    scene = make_farmland_scene(size, seed=seed)
+    scene_path = output / "scene.tif"
+    write_georeferenced_scene(scene_path, scene)
+    overrides: dict[str, Any] = {"working_size": None}
+    if points_per_side is not None:
+        overrides["amg.points_per_side"] = points_per_side
+    try:
+        source, engine_config, described = _engine_setup(
+            model, weights_dir, device, None, overrides
+        )
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    _say("model:", described)
+    with console.status(f"segmenting a {size}×{size} synthetic farmland scene"):
+        result = segment_file(scene_path, source, engine_config, output)
+    import rasterio
+
+    with rasterio.open(result.labels_path) as labels:
+        scores = score_partition(scene.instances, labels.read(1))
+    (output / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+    out.print(f"{result.instances} instances in {result.seconds:.1f} s, made by {described}")
+    out.print(
+        f"against the scene's {scores.true_fields} true fields: object F1 {scores.f1:.2f}, "
+        f"field-area pixel IoU {scores.pixel_iou:.2f}"
+    )
+    for path in (
+        scene_path,
+        result.overlay_path,
+        result.labels_path,
+        result.table_path,
+        result.labelme_path,
+        output / "scores.json",
+    ):
+        out.print(f"  {path}")
+
+
+@weights_app.command("list")
+def weights_list(
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    verify: Annotated[bool, typer.Option(help="Hash present files (slow for vit_h).")] = False,
+) -> None:
+    """Known checkpoints and whether they are present."""
+    from lisegagr_core.weights import list_checkpoints
+
+    try:
+        manifest = _manifest(weights_dir)
+        statuses = list_checkpoints(manifest, weights_dir, verify=verify)
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("name", "present", "verified", "size", "file")
+    for status in statuses:
+        table.add_row(
+            status.name + (" (default)" if status.name == manifest.default else ""),
+            "yes" if status.present else "no",
+            {True: "ok", False: "MISMATCH", None: "-"}[status.verified],
+            f"{status.size / 1e6:.0f} MB" if status.size else "-",
+            str(status.path),
+        )
+    out.print(table)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    name: Annotated[str, typer.Argument(help="vit_b, vit_l or vit_h.")],
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    manifest_path: Annotated[
+        Path | None, typer.Option("--manifest", help="Another manifest of checkpoints.")
+    ] = None,
+) -> None:
+    """Download a checkpoint, verify its sha256, and move it into the weights folder."""
+    from lisegagr_core.weights import fetch_checkpoint
+
+    try:
+        manifest = Manifest.load(manifest_path or weights_dir / "manifest.json")
+        if name not in manifest.entries:
+            raise WeightsError(
+                f"unknown checkpoint {name!r}; known: {', '.join(manifest.entries)}."
+            )
+        spec = manifest.entries[name]
+        if spec.url is None:
+            raise WeightsError(
+                f"{name} is a project model shipped in {weights_dir}; nothing to fetch."
+            )
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        path = fetch_checkpoint(spec, weights_dir)
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{name}: {path} (sha256 verified)")

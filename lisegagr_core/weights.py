@@ -1,0 +1,373 @@
+"""SAM checkpoints on disk: the manifest that names them, fetching, and verifying them.
+
+``weights/manifest.json`` lists the checkpoints lisegagr can load by name. Meta's three SAM
+checkpoints have a download URL; a project-trained model has ``"url": null`` (it is
+committed next to the manifest) and carries its architecture, the AMG settings it was tuned
+with, and a model card. Every checkpoint is pinned by size and sha256, and nothing is loaded
+or kept that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from lisegagr_core.config import AmgSettings
+from lisegagr_core.errors import LisegagrError
+
+if TYPE_CHECKING:
+    from lisegagr_core.models import SamArchitecture
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_MANIFEST_PATH = DEFAULT_WEIGHTS_DIR / "manifest.json"
+
+# The built-in model with seeded random weights; it has no checkpoint file.
+TINY_MODEL_NAME = "tiny"
+
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+_ENTRY_KEYS = frozenset(
+    {"arch", "url", "filename", "size", "sha256", "architecture", "settings", "card", "source"}
+)
+_MANIFEST_KEYS = frozenset({"description", "default", "checkpoints"})
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+class WeightsError(LisegagrError):
+    """A checkpoint is missing, corrupt or unusable; one sentence names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One manifest entry: where a checkpoint comes from and what it must hash to.
+
+    `arch` names a preset architecture (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``);
+    `architecture`, when given, is the exact architecture and wins over the preset.
+    `settings` are AMG settings recorded with a project-trained model (may be empty).
+    """
+
+    name: str
+    filename: str
+    url: str | None
+    size: int | None
+    sha256: str
+    arch: str
+    architecture: SamArchitecture | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    card: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The checkpoints lisegagr can load by name, and the model used when none is configured."""
+
+    entries: dict[str, CheckpointSpec]
+    default: str
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read and validate a manifest file; any problem is a WeightsError naming the file."""
+        shown = display_path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise WeightsError(f"{shown} does not exist; it lists the SAM checkpoints") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise WeightsError(f"{shown} is not a readable JSON manifest ({err})") from err
+        if not isinstance(raw, dict):
+            raise WeightsError(f"{shown} must hold a JSON object with 'default' and 'checkpoints'")
+        unknown = sorted(set(raw) - _MANIFEST_KEYS)
+        if unknown:
+            raise WeightsError(f"{shown} has unknown top-level keys {unknown}")
+        checkpoints = raw.get("checkpoints")
+        if not isinstance(checkpoints, dict):
+            raise WeightsError(f"{shown} needs a 'checkpoints' object keyed by model name")
+        entries = {name: _spec_from_json(name, entry, shown) for name, entry in checkpoints.items()}
+        if TINY_MODEL_NAME in entries:
+            raise WeightsError(f"{shown} may not define '{TINY_MODEL_NAME}', a built-in model")
+        default = raw.get("default")
+        if not isinstance(default, str) or (default != TINY_MODEL_NAME and default not in entries):
+            choices = [TINY_MODEL_NAME, *entries]
+            raise WeightsError(f"{shown} names default model {default!r}, not one of {choices}")
+        return cls(entries=entries, default=default)
+
+    def find_by_sha256(self, sha256: str) -> CheckpointSpec | None:
+        """The entry whose checkpoint hashes to `sha256`, if any."""
+        for spec in self.entries.values():
+            if spec.sha256 == sha256:
+                return spec
+        return None
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    """A manifest checkpoint as found in a weights folder.
+
+    `size` is the file's size in bytes (None when absent); `verified` is None unless the
+    listing was asked to hash the files.
+    """
+
+    name: str
+    path: Path
+    present: bool
+    verified: bool | None
+    size: int | None
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd()))
+    except ValueError:
+        return str(resolved)
+
+
+def human_size(size: int) -> str:
+    """Bytes in decimal units, as downloads are usually quoted: 375042383 → '375 MB'."""
+    if size >= 10**9:
+        return f"{size / 10**9:.1f} GB"
+    if size >= 10**6:
+        return f"{size / 10**6:.0f} MB"
+    if size >= 10**3:
+        return f"{size / 10**3:.0f} kB"
+    return f"{size} B"
+
+
+def fetch_hint(spec: CheckpointSpec) -> str:
+    """How a user gets the checkpoint of `spec`, as the end of an error sentence."""
+    if spec.url is None:
+        return (
+            "it has no download URL, so restore it from the project repository "
+            "(it is committed under weights/) or pass --model PATH"
+        )
+    size = f" ({human_size(spec.size)})" if spec.size is not None else ""
+    return f"run `lisegagr weights fetch {spec.name}`{size} or pass --model PATH"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of the file at `path`, read `chunk` bytes at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(spec: CheckpointSpec, path: Path) -> None:
+    """Raise WeightsError unless `path` exists with the size and sha256 that `spec` pins."""
+    shown = display_path(path)
+    if not path.is_file():
+        raise WeightsError(f"{shown} is missing; {fetch_hint(spec)}")
+    size = path.stat().st_size
+    if spec.size is not None and size != spec.size:
+        raise WeightsError(
+            f"{shown} is {size} bytes but the manifest expects {spec.size} for {spec.name}; "
+            f"delete it and {fetch_hint(spec)}"
+        )
+    sha256 = sha256_file(path)
+    if sha256 != spec.sha256:
+        raise WeightsError(
+            f"{shown} has sha256 {sha256} but the manifest expects {spec.sha256} for "
+            f"{spec.name}; delete it and {fetch_hint(spec)}"
+        )
+
+
+def list_checkpoints(
+    manifest: Manifest, weights_dir: Path, *, verify: bool = False
+) -> list[CheckpointStatus]:
+    """Each manifest checkpoint and whether it is in `weights_dir`.
+
+    Hashing is opt-in (`verify=True`): it reads every present file, seconds for vit_h.
+    """
+    statuses = []
+    for spec in manifest.entries.values():
+        path = weights_dir / spec.filename
+        present = path.is_file()
+        verified: bool | None = None
+        if verify and present:
+            try:
+                verify_checkpoint(spec, path)
+                verified = True
+            except WeightsError as err:
+                log.warning("%s", err)
+                verified = False
+        size = path.stat().st_size if present else None
+        statuses.append(CheckpointStatus(spec.name, path, present, verified, size))
+    return statuses
+
+
+def fetch_checkpoint(
+    spec: CheckpointSpec, weights_dir: Path, *, progress: bool = True, timeout: float = 60
+) -> Path:
+    """Download the checkpoint of `spec` into `weights_dir` and return its path.
+
+    The download streams into a ``.part`` file in `weights_dir`, hashed as it is written,
+    and is moved into place only when its size and sha256 match the manifest; otherwise the
+    part file is deleted and WeightsError says what was expected. A checkpoint already there
+    and valid is returned without a request; an invalid one is downloaded again.
+    `timeout` is in seconds, per network operation.
+    """
+    target = weights_dir / spec.filename
+    if spec.url is None:
+        raise WeightsError(f"{spec.name} cannot be fetched: {fetch_hint(spec)}")
+    if target.is_file():
+        try:
+            verify_checkpoint(spec, target)
+        except WeightsError as err:
+            log.warning("%s; downloading it again", err)
+        else:
+            log.info("%s is already present and verified", display_path(target))
+            return target
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    part_path: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            dir=weights_dir, prefix=f"{spec.filename}.", suffix=".part", delete=False
+        ) as part:
+            part_path = Path(part.name)
+            sha256, size = _download(spec, spec.url, part, progress=progress, timeout=timeout)
+        if spec.size is not None and size != spec.size:
+            raise WeightsError(
+                f"{spec.url} sent {size} bytes but the manifest expects {spec.size}; "
+                f"nothing was saved to {display_path(target)}, try again"
+            )
+        if sha256 != spec.sha256:
+            raise WeightsError(
+                f"{spec.url} has sha256 {sha256} but the manifest expects {spec.sha256}; "
+                f"nothing was saved to {display_path(target)}"
+            )
+        os.replace(part_path, target)
+    except BaseException:
+        if part_path is not None:
+            part_path.unlink(missing_ok=True)
+        raise
+    log.info("fetched %s (%s, sha256 verified)", display_path(target), human_size(size))
+    return target
+
+
+def _download(
+    spec: CheckpointSpec, url: str, part: IO[bytes], *, progress: bool, timeout: float
+) -> tuple[str, int]:
+    """Stream `url` into `part`; return the sha256 and byte count of what was written."""
+    digest = hashlib.sha256()
+    written = 0
+    request = urllib.request.Request(url, headers={"User-Agent": "lisegagr"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        raise WeightsError(f"downloading {url} failed with HTTP {err.code} {err.reason}") from err
+    except (OSError, http.client.HTTPException) as err:
+        raise WeightsError(f"downloading {url} failed ({err}); check the network") from err
+    with response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else spec.size
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            task = bar.add_task(spec.filename, total=total)
+            while True:
+                try:
+                    block = response.read(_DOWNLOAD_CHUNK)
+                except (OSError, http.client.HTTPException) as err:
+                    raise WeightsError(
+                        f"downloading {url} broke off after {written} bytes ({err}); try again"
+                    ) from err
+                if not block:
+                    break
+                part.write(block)
+                digest.update(block)
+                written += len(block)
+                bar.advance(task, len(block))
+    return digest.hexdigest(), written
+
+
+def _spec_from_json(name: str, entry: object, shown: str) -> CheckpointSpec:
+    """One validated manifest entry; `shown` is the manifest's path for error messages."""
+    from lisegagr_core.models import ARCHITECTURES, SamArchitecture  # models imports this module
+
+    where = f"{shown} entry {name!r}"
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{where} must be a JSON object")
+    unknown = sorted(set(entry) - _ENTRY_KEYS)
+    if unknown:
+        raise WeightsError(f"{where} has unknown keys {unknown}")
+    missing = sorted({"arch", "url", "filename", "sha256"} - set(entry))
+    if missing:
+        raise WeightsError(f"{where} lacks {missing}")
+    arch, url, filename, sha256 = entry["arch"], entry["url"], entry["filename"], entry["sha256"]
+    size = entry.get("size")
+    settings = entry.get("settings", {})
+    card = entry.get("card")
+    source = entry.get("source")
+    if not isinstance(filename, str) or not filename or Path(filename).name != filename:
+        raise WeightsError(f"{where} needs a bare 'filename' inside the weights folder")
+    if not (url is None or (isinstance(url, str) and url.startswith(("https://", "http://")))):
+        raise WeightsError(f"{where} needs an http(s) 'url' or null")
+    if not isinstance(sha256, str) or not _SHA256_PATTERN.fullmatch(sha256):
+        raise WeightsError(f"{where} needs a 'sha256' of 64 lowercase hex digits")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise WeightsError(f"{where} needs a positive integer 'size' in bytes or null")
+    if not isinstance(settings, dict):
+        raise WeightsError(f"{where} needs 'settings' as an object of AMG settings")
+    try:
+        AmgSettings.model_validate(settings)
+    except ValidationError as err:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise WeightsError(f"{where} has invalid AMG settings ({problem})") from err
+    for key, value in (("card", card), ("source", source)):
+        if value is not None and not isinstance(value, str):
+            raise WeightsError(f"{where} needs '{key}' as a string or null")
+    architecture = None
+    if "architecture" in entry:
+        if not isinstance(entry["architecture"], dict):
+            raise WeightsError(f"{where} needs 'architecture' as an object")
+        try:
+            architecture = SamArchitecture.from_dict(entry["architecture"])
+        except ValueError as err:
+            raise WeightsError(f"{where} has an invalid architecture ({err})") from err
+    if not isinstance(arch, str) or (architecture is None and arch not in ARCHITECTURES):
+        raise WeightsError(
+            f"{where} needs 'arch' naming one of {sorted(ARCHITECTURES)}, "
+            "or an 'architecture' object"
+        )
+    return CheckpointSpec(
+        name=name,
+        filename=filename,
+        url=url,
+        size=size,
+        sha256=sha256,
+        arch=arch,
+        architecture=architecture,
+        settings=settings,
+        card=card,
+        source=source,
+    )
