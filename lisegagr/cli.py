@@ -307,3 +307,7 @@ def weights_fetch(
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     out.print(f"{name}: {path} (sha256 verified)")
+
+
+# Commands defined in sibling modules register themselves on `app` when imported.
+from lisegagr import cli_region  # noqa: E402, F401

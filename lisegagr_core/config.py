@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lisegagr_core.errors import InputError
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 # Bump when a change to the engine changes its output for the same settings.
 ALGORITHM_VERSION = "1"
@@ -134,35 +136,76 @@ class EngineConfig(_Settings):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def load_config(
+class RegionConfig(_Settings):
+    """A run over rasters of any size: ingestion, the tile grid, the engine, the merge."""
+
+    engine: EngineConfig = EngineConfig(working_size=None)
+    """The method per tile. Tiles are already SAM-sized: `working_size` must stay None."""
+    bands: tuple[int, ...] | None = None
+    """1-based bands read as RGB (one band is read as grey); None: bands 1–3."""
+    upscale: int = Field(1, ge=1, le=16)
+    """Super-resolution factor at ingestion (the output grid's pixels are this much smaller)."""
+    upscale_model: str | None = None
+    """A super-resolution weights file (spandrel: e.g. Real-ESRGAN x4plus); None: Lanczos."""
+    core: int = Field(896, ge=64)
+    """Tile core side (px): cores tile the raster without overlap; Zarr chunks equal it."""
+    halo: int = Field(64, ge=0)
+    """Pixels each tile also reads on every side, so fields at a border are seen whole."""
+    merge_min_iou: float = Field(0.5, gt=0.0, le=1.0)
+    """Instances of two tiles whose IoU inside the shared strip reaches this are one field."""
+    merge_min_share: float = Field(0.8, gt=0.0, le=1.0)
+    """... or whose shared pixels cover this share of the smaller of the two, in the strip."""
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _tiles_are_not_resized(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {"working_size": None, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _tile_sized(self) -> RegionConfig:
+        if self.engine.working_size is not None:
+            raise ValueError(
+                "engine.working_size must be null for tiled runs (tiles are SAM-sized)"
+            )
+        if self.bands is not None and len(self.bands) not in (1, 3):
+            raise ValueError("bands must name one or three bands")
+        return self
+
+    def segmentation_settings(self, model_id: str) -> dict[str, object]:
+        """What changes a tile's segmentation: the input of its cache key besides pixels."""
+        return {"model": model_id, "engine": self.engine.model_dump(mode="json")}
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such configuration file.") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML or JSON ({exc.__class__.__name__}).") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise InputError(f"{path}: a configuration must be a mapping of settings.")
+    return loaded or {}
+
+
+def _load(
+    cls: type[SettingsT],
     path: str | Path | None,
-    overrides: dict[str, Any] | None = None,
-    *,
-    model_settings: dict[str, Any] | None = None,
-) -> EngineConfig:
-    """Settings from, in rising precedence: the paper's defaults, the settings recorded with
-    the model (e.g. AMG thresholds tuned for it), a YAML/JSON file, and dotted overrides such
-    as ``{"amg.points_per_side": 16}`` from the command line.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such configuration file.") from None
-        except yaml.YAMLError as exc:
-            raise InputError(
-                f"{path}: not valid YAML or JSON ({exc.__class__.__name__})."
-            ) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise InputError(f"{path}: a configuration must be a mapping of settings.")
-        data = loaded or {}
+    overrides: dict[str, Any] | None,
+    model_settings: dict[str, Any] | None,
+    engine_key: tuple[str, ...],
+) -> SettingsT:
+    data = _read_settings_file(Path(path)) if path is not None else {}
+    engine = data
+    for key in engine_key:
+        engine = engine.setdefault(key, {})
     for section, values in (model_settings or {}).items():
         if isinstance(values, dict):
-            data[section] = {**values, **data.get(section, {})}
+            engine[section] = {**values, **engine.get(section, {})}
         else:
-            data.setdefault(section, values)
+            engine.setdefault(section, values)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -170,8 +213,33 @@ def load_config(
             node = node.setdefault(key, {})
         node[leaf] = value
     try:
-        return EngineConfig.model_validate(data)
-    except ValueError as exc:
+        return cls.model_validate(data)
+    except ValidationError as exc:
         where = str(path) if path is not None else "the command line"
-        first = str(exc).splitlines()
-        raise InputError(f"{where}: invalid settings ({'; '.join(first[:3])}).") from None
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()[:3]
+        ]
+        raise InputError(f"{where}: invalid settings ({'; '.join(problems)}).") from None
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    model_settings: dict[str, Any] | None = None,
+) -> EngineConfig:
+    """Engine settings from, in rising precedence: the paper's defaults, the settings recorded
+    with the model (e.g. AMG thresholds tuned for it), a YAML/JSON file, and dotted overrides
+    such as ``{"amg.points_per_side": 16}`` from the command line.
+    """
+    return _load(EngineConfig, path, overrides, model_settings, ())
+
+
+def load_region_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    model_settings: dict[str, Any] | None = None,
+) -> RegionConfig:
+    """`RegionConfig` by the same precedence; the model's settings go under ``engine``."""
+    return _load(RegionConfig, path, overrides, model_settings, ("engine",))

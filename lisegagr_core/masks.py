@@ -245,11 +245,23 @@ def partition(masks: MaskSet, min_area: int) -> Partition:
         x0, y0, x1, y1 = masks.boxes[i]
         window = painted[y0 : y1 + 1, x0 : x1 + 1]
         window[masks.masks[i, y0 : y1 + 1, x0 : x1 + 1]] = i + 1
-    components = label_regions(painted, background=0, connectivity=2).astype(np.int64)
+    labels, owner = resplit_labels(painted, min_area)
+    return Partition(labels=labels, source_index=owner - 1)
+
+
+def resplit_labels(
+    ids: NDArray[np.integer], min_area: int
+) -> tuple[NDArray[np.uint32], NDArray[np.int64]]:
+    """Split every id of a label raster into connected components and drop small ones.
+
+    ids: (H, W) integer, 0 background. Returns (H, W) uint32 labels 1..K, consecutive in raster
+    order, and (K,) the input id each came from. Components under `min_area` become 0.
+    """
+    components = label_regions(ids, background=0, connectivity=2).astype(np.int64)
     areas = np.bincount(components.ravel())
     components[areas[components] < min_area] = 0
     relabelled = relabel_sequential(components)[0]
-    # Every pixel of an instance has the same owning mask: scatter it by label.
-    owner = np.zeros(int(relabelled.max()) + 1, dtype=np.int64)
-    owner[relabelled.ravel()] = painted.ravel() - 1
-    return Partition(labels=relabelled.astype(np.uint32), source_index=owner[1:])
+    # Every pixel of a component has the same input id: scatter it by label.
+    origin = np.zeros(int(relabelled.max()) + 1, dtype=np.int64)
+    origin[relabelled.ravel()] = np.asarray(ids, dtype=np.int64).ravel()
+    return relabelled.astype(np.uint32), origin[1:]

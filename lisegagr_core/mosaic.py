@@ -1,0 +1,171 @@
+"""The region's outputs: a georeferenced Zarr mosaic and the field polygons as GeoParquet.
+
+``mosaic.zarr`` (Zarr v3) holds `labels` (uint32, 0 = background) and `classes` (uint8:
+0 none, 1 field, 2 non-field, 255 unclassified or nodata), chunked by the tile core so each
+tile writes exactly its own chunks: parallel writes with no locks and no read-modify-write.
+CRS and transform are a rioxarray `spatial_ref` coordinate, so
+
+    xr.open_zarr(url, decode_coords="all").rio.crs
+
+reads them back. ``fields.parquet`` holds one polygon per instance in the raster's CRS.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import dask.array as da
+import fsspec
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import shapely
+import xarray as xr
+import zarr
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.crs import CRS
+from rasterio.features import shapes
+from rasterio.windows import Window
+from shapely.geometry import shape
+
+from lisegagr_core.grid import TileGrid, TileSpec
+
+log = logging.getLogger(__name__)
+
+CLASS_NONE, CLASS_FIELD, CLASS_NON_FIELD, CLASS_UNCLASSIFIED = 0, 1, 2, 255
+
+
+def _store(url: str, storage_options: Mapping[str, Any] | None) -> Any:
+    if "://" in url and not url.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}))
+    return url.removeprefix("file://")
+
+
+def create_mosaic(
+    url: str,
+    *,
+    height: int,
+    width: int,
+    core: int,
+    crs: CRS | None,
+    transform: Affine,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create the empty Zarr mosaic (metadata and coordinates only; chunks stay unwritten)."""
+    xs = transform.c + transform.a * (np.arange(width) + 0.5)
+    ys = transform.f + transform.e * (np.arange(height) + 0.5)
+    chunks = (core, core)
+    dataset = xr.Dataset(
+        {
+            "labels": (("y", "x"), da.zeros((height, width), chunks=chunks, dtype=np.uint32)),
+            "classes": (
+                ("y", "x"),
+                da.full((height, width), CLASS_UNCLASSIFIED, chunks=chunks, dtype=np.uint8),
+            ),
+        },
+        coords={"y": ys, "x": xs},
+    )
+    if crs is not None:
+        dataset = dataset.rio.write_crs(crs)
+    dataset = dataset.rio.write_transform(transform)
+    dataset["labels"].attrs["description"] = "field instance id, 0 = background"
+    dataset["classes"].attrs["description"] = (
+        "0 none, 1 field, 2 non-field, 255 unclassified/nodata"
+    )
+    for name, fill in (("labels", 0), ("classes", CLASS_UNCLASSIFIED)):
+        dataset[name].encoding.update({"chunks": chunks, "fill_value": fill})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset.to_zarr(
+            _store(url, storage_options), mode="w", compute=False, zarr_format=3, consolidated=False
+        )
+
+
+def open_mosaic(
+    url: str, storage_options: Mapping[str, Any] | None = None, mode: str = "r+"
+) -> zarr.Group:
+    return zarr.open_group(_store(url, storage_options), mode=mode)  # type: ignore[arg-type]
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    array = group[name]
+    if not isinstance(array, zarr.Array):
+        raise TypeError(f"{name} in the mosaic is a group, not an array")
+    return array
+
+
+def write_core(
+    group: zarr.Group, spec: TileSpec, labels: NDArray[np.uint32], classes: NDArray[np.uint8]
+) -> None:
+    """Write one tile's core (its own chunk) of `labels` and `classes` (both core-shaped)."""
+    rows, cols = spec.core.toslices()
+    _array(group, "labels")[rows, cols] = labels
+    _array(group, "classes")[rows, cols] = classes
+
+
+def read_window(group: zarr.Group, window: Window, name: str = "labels") -> NDArray[Any]:
+    rows, cols = window.toslices()
+    return np.asarray(_array(group, name)[rows, cols])
+
+
+def core_polygons(
+    labels: NDArray[np.uint32], transform: Affine
+) -> Iterable[tuple[int, shapely.Polygon]]:
+    """(global id, polygon) pieces of one core's labels, in map coordinates."""
+    for geometry, value in shapes(labels.astype(np.int32), mask=labels > 0, transform=transform):
+        yield int(value), shape(geometry)
+
+
+def dissolve_pieces(pieces: Iterable[tuple[int, shapely.Polygon]]) -> dict[int, shapely.Geometry]:
+    """One valid geometry per id: pieces cut by chunk borders joined again."""
+    by_id: dict[int, list[shapely.Polygon]] = {}
+    for instance_id, polygon in pieces:
+        by_id.setdefault(instance_id, []).append(polygon)
+    dissolved = {}
+    for instance_id, parts in by_id.items():
+        geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+        dissolved[instance_id] = geometry if geometry.is_valid else shapely.make_valid(geometry)
+    return dissolved
+
+
+def vectorise_mosaic(
+    group: zarr.Group, grid: TileGrid, transform: Affine
+) -> dict[int, shapely.Geometry]:
+    """Polygons of every instance of the mosaic, read core by core (bounded memory)."""
+    pieces: list[tuple[int, shapely.Polygon]] = []
+    for spec in grid:
+        labels = read_window(group, spec.core)
+        if labels.any():
+            core_transform = transform * Affine.translation(spec.core.col_off, spec.core.row_off)
+            pieces.extend(core_polygons(labels, core_transform))
+    return dissolve_pieces(pieces)
+
+
+def write_fields(
+    url: str,
+    geometries: Mapping[int, shapely.Geometry],
+    attributes: pd.DataFrame,
+    crs: CRS | None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> gpd.GeoDataFrame:
+    """GeoParquet of one row per instance: id, class, score, area, perimeter and `attributes`.
+
+    attributes: indexed by global id (columns such as field_score, tiles, model).
+    """
+    ids = sorted(geometries)
+    frame = gpd.GeoDataFrame(
+        {"id": np.asarray(ids, np.int64)},
+        geometry=[geometries[i] for i in ids],
+        crs=crs.to_wkt() if crs is not None else None,
+    )
+    frame["area"] = frame.geometry.area
+    frame["perimeter"] = frame.geometry.length
+    frame = frame.join(attributes, on="id")
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    frame.to_parquet(path, filesystem=fs)
+    return frame

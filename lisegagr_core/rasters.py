@@ -1,0 +1,388 @@
+"""Input rasters of a region, from any storage, read window by window onto one output grid.
+
+    rasters = open_rasters(["s3://bucket/naip/*.tif"], bands=(1, 2, 3), upscale=1)
+    rgb, valid = rasters.read(Window(0, 0, 1024, 1024))
+
+Sources are local paths, ``s3://`` (s3fs; endpoint, region and credentials from the usual
+AWS settings) or any fsspec URL: a raster, a glob, or a folder, or a list of them. Several
+rasters form one mosaic; they must share a CRS and a pixel grid. Nothing reads a whole
+raster: windows are read as asked (a COG is read by its internal tiles), and the 8-bit
+stretch of 16-bit or float imagery is computed once per raster, from a decimated read, so
+tiles agree at their borders.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import fsspec
+import numpy as np
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio import windows
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from lisegagr_core.errors import InputError
+from lisegagr_core.imagery import apply_stretch, percentile_limits
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
+
+#: Longest side of the decimated read from which stretch percentiles are computed.
+STRETCH_SAMPLE_SIDE = 1024
+
+#: (H, W, 3) uint8 in → (H·N, W·N, 3) uint8 out.
+Upscaler = Callable[[NDArray[np.uint8]], NDArray[np.uint8]]
+
+
+def lanczos_upscaler(factor: int) -> Upscaler:
+    def upscale(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        height, width = rgb.shape[:2]
+        size = (width * factor, height * factor)
+        return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4), np.uint8)
+
+    return upscale
+
+
+@dataclass(frozen=True, eq=False)
+class SourceRaster:
+    """One input raster: where it is, its grid, and the stretch that makes it 8-bit RGB.
+
+    `offset` is (row, col) of its first pixel in the mosaic's source grid; `limits` the (B, 2)
+    stretch per chosen band, None for 8-bit imagery.
+    """
+
+    url: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    offset: tuple[int, int]
+    limits: NDArray[np.float64] | None
+    opener: Any = field(repr=False, default=None)
+
+    def open(self) -> Any:
+        return _open(self.url, self.opener)
+
+
+@dataclass(frozen=True, eq=False)
+class RasterSet:
+    """The region: rasters on one source grid, read as an 8-bit RGB output grid.
+
+    The output grid is the source grid upscaled by `upscale` (its transform scaled to match).
+    """
+
+    rasters: tuple[SourceRaster, ...]
+    bands: tuple[int, ...]
+    crs: CRS | None
+    source_transform: Affine
+    source_height: int
+    source_width: int
+    upscale: int = 1
+    upscaler: Upscaler | None = field(default=None, repr=False)
+
+    @property
+    def height(self) -> int:
+        return self.source_height * self.upscale
+
+    @property
+    def width(self) -> int:
+        return self.source_width * self.upscale
+
+    @property
+    def transform(self) -> Affine:
+        """Output-grid pixel → map coordinates."""
+        return self.source_transform * Affine.scale(1 / self.upscale)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records of its input."""
+        return {
+            "rasters": [r.url for r in self.rasters],
+            "bands": list(self.bands),
+            "crs": self.crs.to_wkt() if self.crs else None,
+            "transform": list(self.transform)[:6],
+            "shape": [self.height, self.width],
+            "upscale": self.upscale,
+        }
+
+    def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+        """The output-grid `window` as ((h, w, 3) uint8 RGB, (h, w) bool valid pixels).
+
+        Pixels outside every raster, nodata and masked pixels are not valid (and black).
+        """
+        up = self.upscale
+        col0, row0 = int(window.col_off), int(window.row_off)
+        col1, row1 = col0 + int(window.width), row0 + int(window.height)
+        source = Window.from_slices((row0 // up, -(-row1 // up)), (col0 // up, -(-col1 // up)))
+        rgb, valid = self._read_source(source)
+        if up > 1:
+            upscale = self.upscaler or lanczos_upscaler(up)
+            rgb = upscale(rgb)
+            valid = np.repeat(np.repeat(valid, up, axis=0), up, axis=1)
+            r, c = row0 - int(source.row_off) * up, col0 - int(source.col_off) * up
+            rgb = rgb[r : r + int(window.height), c : c + int(window.width)]
+            valid = valid[r : r + int(window.height), c : c + int(window.width)]
+        rgb[~valid] = 0
+        return np.ascontiguousarray(rgb), valid
+
+    def _read_source(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+        height, width = int(window.height), int(window.width)
+        rgb = np.zeros((height, width, 3), np.uint8)
+        valid = np.zeros((height, width), bool)
+        for raster in self.rasters:
+            own = Window(
+                window.col_off - raster.offset[1], window.row_off - raster.offset[0], width, height
+            )
+            extent = Window(0, 0, raster.width, raster.height)
+            if not windows.intersect(own, extent):
+                continue
+            inside = own.intersection(extent)
+            pixels, masks = _read_window(raster, self.bands, inside)
+            rows, cols = Window(
+                inside.col_off - own.col_off,
+                inside.row_off - own.row_off,
+                inside.width,
+                inside.height,
+            ).toslices()
+            fill = masks & ~valid[rows, cols]  # the first raster with data wins
+            rgb[rows, cols][fill] = pixels[fill]
+            valid[rows, cols] |= masks
+        return rgb, valid
+
+
+def _read_window(
+    raster: SourceRaster, bands: tuple[int, ...], window: Window
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """((h, w, 3) uint8, (h, w) bool valid) of one raster's own `window`."""
+    try:
+        with raster.open() as dataset:
+            data = dataset.read(list(bands), window=window)
+            valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
+    except (RasterioError, OSError) as exc:
+        raise InputError(f"{raster.url} could not be read at {window} ({_short(exc)}).") from None
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    if raster.limits is not None:
+        data = apply_stretch(data, raster.limits)
+    data = data.astype(np.uint8, copy=False)
+    if len(data) == 1:
+        data = np.repeat(data, 3, axis=0)
+    return np.moveaxis(data, 0, -1), valid
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0].rstrip(".") if str(exc) else exc.__class__.__name__
+
+
+def _open(url: str, opener: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(url, opener=opener) if opener is not None else rasterio.open(url)
+
+
+def expand_sources(
+    sources: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any]]:
+    """Each source as (path to open, fsspec filesystem or None for local files).
+
+    A glob expands to its matches, a folder to the rasters in it (by suffix), sorted.
+    """
+    expanded: list[tuple[str, Any]] = []
+    for source in sources:
+        if "://" not in source or source.startswith("file://"):
+            local = source.removeprefix("file://")
+            if any(ch in local for ch in "*?["):
+                matches = sorted(glob.glob(local))
+                if not matches:
+                    raise InputError(f"{source}: no raster matches this pattern.")
+                expanded += [(m, None) for m in matches]
+            elif Path(local).is_dir():
+                found = sorted(
+                    str(p) for p in Path(local).iterdir() if p.suffix.lower() in RASTER_SUFFIXES
+                )
+                if not found:
+                    raise InputError(
+                        f"{source}: the folder holds no raster ({', '.join(RASTER_SUFFIXES)})."
+                    )
+                expanded += [(f, None) for f in found]
+            else:
+                expanded.append((local, None))
+            continue
+        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+        try:
+            if any(ch in path for ch in "*?["):
+                paths = sorted(fs.glob(path))
+                if not paths:
+                    raise InputError(f"{source}: no raster matches this pattern.")
+            elif fs.isdir(path):
+                paths = sorted(
+                    p for p in fs.ls(path, detail=False) if p.lower().endswith(RASTER_SUFFIXES)
+                )
+                if not paths:
+                    raise InputError(f"{source}: the folder holds no raster.")
+            else:
+                paths = [path]
+        except PermissionError:
+            raise InputError(
+                f"{source}: access denied (check the credentials and the bucket policy)."
+            ) from None
+        expanded += [(p, fs) for p in paths]
+    return expanded
+
+
+def _display(path: str, fs: Any) -> str:
+    if fs is None:
+        return path
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return f"{protocol}://{path}"
+
+
+def _inspect(
+    path: str, fs: Any, bands: Sequence[int] | None
+) -> tuple[SourceRaster, tuple[int, ...]]:
+    name = _display(path, fs)
+    try:
+        if fs is not None and not fs.exists(path):
+            raise InputError(f"{name}: no such object.")
+        if fs is None and not Path(path).exists():
+            raise InputError(f"{name}: no such file.")
+        with _open(path, fs) as dataset:
+            count = dataset.count
+            chosen = tuple(bands) if bands else ((1, 2, 3) if count >= 3 else (1,))
+            for band in chosen:
+                if not 1 <= band <= count:
+                    raise InputError(
+                        f"{name}: band {band} is out of range; the raster has {count} band(s)."
+                    )
+            if len(chosen) not in (1, 3):
+                raise InputError(f"{name}: choose one or three bands, not {len(chosen)}.")
+            dtype = dataset.dtypes[chosen[0] - 1]
+            limits = None
+            if dtype != "uint8":
+                limits = _stretch_limits(dataset, chosen)
+            raster = SourceRaster(
+                url=name,
+                width=dataset.width,
+                height=dataset.height,
+                count=count,
+                dtype=dtype,
+                crs=dataset.crs,
+                transform=dataset.transform,
+                offset=(0, 0),
+                limits=limits,
+                opener=fs,
+            )
+    except PermissionError:
+        raise InputError(
+            f"{name}: access denied (check the credentials and the bucket policy)."
+        ) from None
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such object.") from None
+    except RasterioError as exc:
+        raise InputError(f"{name} is not a readable raster ({_short(exc)}).") from None
+    return raster, chosen
+
+
+def _stretch_limits(dataset: Any, bands: tuple[int, ...]) -> NDArray[np.float64]:
+    """(B, 2) 2–98 % limits of a decimated read of the whole raster (valid pixels only)."""
+    scale = max(dataset.width, dataset.height) / STRETCH_SAMPLE_SIDE
+    shape = (
+        max(1, round(dataset.height / max(scale, 1))),
+        max(1, round(dataset.width / max(scale, 1))),
+    )
+    sample = dataset.read(
+        list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest
+    )
+    masks = dataset.read_masks(
+        list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest
+    )
+    return percentile_limits(sample, np.all(masks > 0, axis=0))
+
+
+def open_rasters(
+    sources: Sequence[str],
+    *,
+    bands: Sequence[int] | None = None,
+    upscale: int = 1,
+    upscaler: Upscaler | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> RasterSet:
+    """Inspect every source (metadata and a decimated read, no full read) into a `RasterSet`.
+
+    Raises `InputError` for a missing object, access denied, an unreadable raster, a band out
+    of range, or rasters of different CRS or pixel grids.
+    """
+    if upscale < 1:
+        raise InputError(f"upscale must be a whole factor of 1 or more, not {upscale}.")
+    inspected = [_inspect(path, fs, bands) for path, fs in expand_sources(sources, storage_options)]
+    rasters = [r for r, _ in inspected]
+    chosen = inspected[0][1]
+    first = rasters[0]
+    for raster in rasters[1:]:
+        if raster.crs != first.crs:
+            raise InputError(
+                f"{raster.url} is in {raster.crs} but {first.url} is in {first.crs}; "
+                "reproject the rasters to one CRS first."
+            )
+        if not math.isclose(raster.transform.a, first.transform.a) or not math.isclose(
+            raster.transform.e, first.transform.e
+        ):
+            raise InputError(f"{raster.url} has another pixel size than {first.url}.")
+    if first.crs is None:
+        if len(rasters) > 1:
+            raise InputError(
+                f"{first.url} has no CRS, so it cannot be placed beside other rasters."
+            )
+        log.warning("%s has no CRS: processed in pixel coordinates", first.url)
+    origin_x = (
+        min(r.transform.c for r in rasters)
+        if first.transform.a > 0
+        else max(r.transform.c for r in rasters)
+    )
+    origin_y = (
+        max(r.transform.f for r in rasters)
+        if first.transform.e < 0
+        else min(r.transform.f for r in rasters)
+    )
+    base = Affine(
+        first.transform.a,
+        first.transform.b,
+        origin_x,
+        first.transform.d,
+        first.transform.e,
+        origin_y,
+    )
+    placed: list[SourceRaster] = []
+    height = width = 0
+    for raster in rasters:
+        col_f, row_f = ~base * (raster.transform.c, raster.transform.f)
+        col, row = round(col_f), round(row_f)
+        if abs(col - col_f) > 1e-3 or abs(row - row_f) > 1e-3:
+            raise InputError(f"{raster.url} is not on the pixel grid of {first.url}.")
+        placed.append(SourceRaster(**{**raster.__dict__, "offset": (row, col)}))
+        height, width = max(height, row + raster.height), max(width, col + raster.width)
+    return RasterSet(
+        rasters=tuple(placed),
+        bands=chosen,
+        crs=first.crs,
+        source_transform=base,
+        source_height=height,
+        source_width=width,
+        upscale=upscale,
+        upscaler=upscaler,
+    )

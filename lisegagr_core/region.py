@@ -1,0 +1,313 @@
+"""A region run, as stages: plan → per tile (read, hash, segment) → merge → write → vectorise.
+
+Each stage is a plain function over values and the run's output folder, so the Prefect flow
+can place them on workers, cache them by tile hash and retry them, while `run_region` here
+composes them in one process (notebooks, tests, a single machine).
+
+The output folder (local or any fsspec URL) holds:
+
+- ``mosaic.zarr``: labels and classes, see `mosaic`;
+- ``fields.parquet``: one polygon per field (GeoParquet);
+- ``tiles/<key>-<hash>.npz``: each tile's segmentation, the cache a re-run resumes from;
+- ``manifest.json``: settings, input, model, per-tile status, hashes and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from lisegagr_core.config import RegionConfig
+from lisegagr_core.grid import TileGrid, TileSpec
+from lisegagr_core.merge import GlobalIds, assign_global_ids, match_overlap
+from lisegagr_core.mosaic import (
+    CLASS_NONE,
+    CLASS_UNCLASSIFIED,
+    create_mosaic,
+    open_mosaic,
+    vectorise_mosaic,
+    write_core,
+    write_fields,
+)
+from lisegagr_core.rasters import RasterSet
+from lisegagr_core.sources import MaskSource
+from lisegagr_core.tiles import (
+    TileResult,
+    load_tile_result,
+    read_tile,
+    save_tile_result,
+    segment_tile,
+    tile_hash,
+)
+
+log = logging.getLogger(__name__)
+
+#: The mask source for a tile (SAM ignores the tile; a ground-truth source crops to it).
+SourceForTile = Callable[[TileSpec], MaskSource]
+
+
+@dataclass(frozen=True)
+class RegionPaths:
+    """Where a run's outputs live, under one folder or URL."""
+
+    root: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    @property
+    def mosaic(self) -> str:
+        return self.join("mosaic.zarr")
+
+    @property
+    def fields(self) -> str:
+        return self.join("fields.parquet")
+
+    @property
+    def manifest(self) -> str:
+        return self.join("manifest.json")
+
+    def tile(self, key: str, digest: str) -> str:
+        return self.join("tiles", f"{key}-{digest[:16]}.npz")
+
+    def exists(self, url: str) -> bool:
+        fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
+        return bool(fs.exists(path))
+
+    def write_text(self, url: str, text: str) -> None:
+        fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        with fs.open(path, "w") as stream:
+            stream.write(text)
+
+
+@dataclass
+class TileStatus:
+    """What happened to one tile in this run."""
+
+    key: str
+    status: str  # "computed", "cached", "empty" or "failed"
+    tile_hash: str | None = None
+    instances: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def plan(rasters: RasterSet, config: RegionConfig) -> TileGrid:
+    """The tile grid over the region's output grid."""
+    return TileGrid(rasters.height, rasters.width, core=config.core, halo=config.halo)
+
+
+def process_tile(
+    rasters: RasterSet,
+    spec: TileSpec,
+    source: MaskSource,
+    config: RegionConfig,
+    model_id: str,
+    paths: RegionPaths,
+) -> TileStatus:
+    """Read, hash and (unless its result is already stored) segment one tile."""
+    started = time.perf_counter()
+    tile = read_tile(rasters, spec)
+    if tile.empty:
+        return TileStatus(spec.key, "empty", seconds=time.perf_counter() - started)
+    digest = tile_hash(tile, config.segmentation_settings(model_id))
+    url = paths.tile(spec.key, digest)
+    if paths.exists(url):
+        return TileStatus(spec.key, "cached", digest, seconds=time.perf_counter() - started)
+    result = segment_tile(tile, source, config.engine, digest)
+    save_tile_result(url, result, dict(paths.storage_options))
+    return TileStatus(
+        spec.key, "computed", digest, len(result.instances), time.perf_counter() - started
+    )
+
+
+class TileResults:
+    """Stored tile results by key, loaded on demand with a small cache (bounded memory)."""
+
+    def __init__(self, paths: RegionPaths, statuses: Mapping[str, TileStatus], keep: int = 16):
+        self.paths, self.statuses, self.keep = paths, statuses, keep
+        self._cache: dict[str, TileResult] = {}
+
+    def get(self, key: str) -> TileResult | None:
+        status = self.statuses.get(key)
+        if status is None or status.tile_hash is None:
+            return None
+        if key not in self._cache:
+            if len(self._cache) >= self.keep:
+                self._cache.pop(next(iter(self._cache)))
+            url = self.paths.tile(key, status.tile_hash)
+            self._cache[key] = load_tile_result(url, dict(self.paths.storage_options))
+        return self._cache[key]
+
+
+def merge(grid: TileGrid, results: TileResults, config: RegionConfig) -> GlobalIds:
+    """Global ids for every tile's instances, from the strips neighbouring tiles share."""
+    counts: dict[str, int] = {}
+    core_ids: dict[str, np.ndarray] = {}
+    for spec in grid:
+        result = results.get(spec.key)
+        counts[spec.key] = len(result.instances) if result else 0
+        core = result.core_labels(spec) if result else np.zeros(0, np.uint32)
+        core_ids[spec.key] = np.unique(core[core > 0]) if result else np.zeros(0, np.int64)
+
+    def matches() -> Iterator[tuple[str, str, np.ndarray]]:
+        for spec_a, spec_b in grid.forward_pairs():
+            a, b = results.get(spec_a.key), results.get(spec_b.key)
+            if a is not None and b is not None:
+                pairs = match_overlap(
+                    a.labels,
+                    spec_a,
+                    b.labels,
+                    spec_b,
+                    min_iou=config.merge_min_iou,
+                    min_share=config.merge_min_share,
+                )
+                yield spec_a.key, spec_b.key, pairs
+
+    return assign_global_ids(counts, core_ids, matches())
+
+
+def write_tile(group: Any, spec: TileSpec, result: TileResult | None, ids: GlobalIds) -> None:
+    """Write a tile's core with global ids; classes: 0 background, 255 unclassified/nodata."""
+    rows, cols = spec.tile_slices(spec.core)
+    if result is None:
+        shape = (int(spec.core.height), int(spec.core.width))
+        write_core(
+            group, spec, np.zeros(shape, np.uint32), np.full(shape, CLASS_UNCLASSIFIED, np.uint8)
+        )
+        return
+    labels = ids.maps[spec.key][result.labels[rows, cols]]
+    valid = result.valid[rows, cols]
+    classes = np.where(valid & (labels == 0), CLASS_NONE, CLASS_UNCLASSIFIED).astype(np.uint8)
+    write_core(group, spec, labels, classes)
+
+
+def instance_attributes(grid: TileGrid, results: TileResults, ids: GlobalIds) -> pd.DataFrame:
+    """Per global id: provenance (tiles and their hashes) and SAM's scores, area-weighted."""
+    rows: list[dict[str, Any]] = []
+    for spec in grid:
+        result = results.get(spec.key)
+        if result is None:
+            continue
+        core = result.core_labels(spec)
+        areas = np.bincount(core.ravel(), minlength=len(result.instances) + 1)
+        for instance in result.instances:
+            if areas[instance.id]:
+                rows.append(
+                    {
+                        "id": int(ids.maps[spec.key][instance.id]),
+                        "weight": int(areas[instance.id]),
+                        "predicted_iou": instance.predicted_iou,
+                        "stability_score": instance.stability_score,
+                        "stage": instance.stage,
+                        "tile": f"{spec.key}:{result.tile_hash[:16]}",
+                    }
+                )
+    if not rows:
+        return pd.DataFrame(columns=["predicted_iou", "stability_score", "stage", "tiles"])
+    pieces = pd.DataFrame(rows)
+    weights = pieces["weight"]
+    grouped = pieces.assign(
+        predicted_iou=pieces["predicted_iou"] * weights,
+        stability_score=pieces["stability_score"] * weights,
+    ).groupby("id")
+    attributes = pd.DataFrame(
+        {
+            "predicted_iou": grouped["predicted_iou"].sum() / grouped["weight"].sum(),
+            "stability_score": grouped["stability_score"].sum() / grouped["weight"].sum(),
+            "stage": grouped["stage"].first(),
+            "tiles": grouped["tile"].agg(lambda t: ",".join(sorted(set(t)))),
+        }
+    )
+    attributes["class"] = CLASS_UNCLASSIFIED
+    attributes["field_score"] = np.nan
+    return attributes
+
+
+@dataclass
+class RegionReport:
+    """The outcome of a run: per-tile statuses, counts and where the outputs are."""
+
+    statuses: dict[str, TileStatus]
+    fields: int
+    seconds: float
+    paths: RegionPaths
+
+    @property
+    def failed(self) -> list[TileStatus]:
+        return [s for s in self.statuses.values() if s.status == "failed"]
+
+
+def write_manifest(
+    paths: RegionPaths,
+    config: RegionConfig,
+    rasters: RasterSet,
+    grid: TileGrid,
+    model: str,
+    statuses: Mapping[str, TileStatus],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    manifest = {
+        "config": config.model_dump(mode="json"),
+        "input": rasters.describe(),
+        "grid": {"rows": grid.rows, "cols": grid.cols, "core": grid.core, "halo": grid.halo},
+        "model": model,
+        "tiles": {k: s.__dict__ for k, s in statuses.items()},
+        **(extra or {}),
+    }
+    paths.write_text(paths.manifest, json.dumps(manifest, indent=2) + "\n")
+
+
+def run_region(
+    rasters: RasterSet,
+    source_for: SourceForTile,
+    config: RegionConfig,
+    paths: RegionPaths,
+    *,
+    model_id: str,
+    model: str,
+    on_tile: Callable[[TileStatus], None] | None = None,
+) -> RegionReport:
+    """The whole run in this process; a tile that fails is recorded and left as nodata."""
+    started = time.perf_counter()
+    grid = plan(rasters, config)
+    statuses: dict[str, TileStatus] = {}
+    for spec in grid:
+        try:
+            status = process_tile(rasters, spec, source_for(spec), config, model_id, paths)
+        except Exception as exc:  # recorded in the manifest, the run goes on
+            log.exception("tile %s failed", spec.key)
+            status = TileStatus(spec.key, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        statuses[spec.key] = status
+        if on_tile is not None:
+            on_tile(status)
+    results = TileResults(paths, statuses)
+    ids = merge(grid, results, config)
+    create_mosaic(
+        paths.mosaic,
+        height=grid.height,
+        width=grid.width,
+        core=grid.core,
+        crs=rasters.crs,
+        transform=rasters.transform,
+        storage_options=paths.storage_options,
+    )
+    group = open_mosaic(paths.mosaic, paths.storage_options)
+    for spec in grid:
+        write_tile(group, spec, results.get(spec.key), ids)
+    attributes = instance_attributes(grid, results, ids)
+    attributes["model"] = model
+    geometries = vectorise_mosaic(group, grid, rasters.transform)
+    write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
+    write_manifest(paths, config, rasters, grid, model, statuses, {"fields": ids.count})
+    return RegionReport(statuses, ids.count, time.perf_counter() - started, paths)
