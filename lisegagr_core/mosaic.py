@@ -141,7 +141,7 @@ def vectorise_mosaic(
     for spec in grid:
         labels = read_window(group, spec.core)
         if labels.any():
-            core_transform = transform * Affine.translation(spec.core.col_off, spec.core.row_off)
+            core_transform = transform @ Affine.translation(spec.core.col_off, spec.core.row_off)
             pieces.extend(core_polygons(labels, core_transform))
     return dissolve_pieces(pieces)
 

@@ -107,7 +107,7 @@ class RasterSet:
     @property
     def transform(self) -> Affine:
         """Output-grid pixel → map coordinates."""
-        return self.source_transform * Affine.scale(1 / self.upscale)
+        return self.source_transform @ Affine.scale(1 / self.upscale)
 
     def describe(self) -> dict[str, Any]:
         """What a run records of its input."""
@@ -370,7 +370,7 @@ def open_rasters(
     placed: list[SourceRaster] = []
     height = width = 0
     for raster in rasters:
-        col_f, row_f = ~base * (raster.transform.c, raster.transform.f)
+        col_f, row_f = ~base @ (raster.transform.c, raster.transform.f)
         col, row = round(col_f), round(row_f)
         if abs(col - col_f) > 1e-3 or abs(row - row_f) > 1e-3:
             raise InputError(f"{raster.url} is not on the pixel grid of {first.url}.")

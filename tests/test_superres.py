@@ -22,7 +22,7 @@ def test_a_real_esrgan_architecture_from_disk_upscales_by_its_scale(tmp_path: Pa
 def test_a_file_that_is_no_model_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.pth"
     torch.save({"weight": torch.zeros(3)}, bogus)
-    with pytest.raises(InputError, match="bogus.pth"):
+    with pytest.raises(InputError, match=r"bogus\.pth"):
         load_upscaler(bogus)
     with pytest.raises(InputError, match="no such"):
         load_upscaler(tmp_path / "missing.pth")

@@ -1,0 +1,280 @@
+"""Rasters of any size: tiles with halos, the cross-tile merge, the Zarr mosaic, GeoParquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401
+import xarray as xr
+from affine import Affine
+from rasterio.windows import Window
+
+from lisegagr_core.config import RegionConfig
+from lisegagr_core.errors import InputError
+from lisegagr_core.grid import TileSpec
+from lisegagr_core.metrics import score_partition
+from lisegagr_core.rasters import open_rasters
+from lisegagr_core.region import RegionPaths, TileStatus, run_region
+from lisegagr_core.sources import GroundTruthMaskSource, MaskSource
+from lisegagr_core.tiles import tile_truth
+
+from .naip import naip_names, naip_scene
+
+ORIGIN = Affine(1.0, 0.0, 400_000.0, 0.0, -1.0, 4_400_000.0)
+SMALL_TILES = RegionConfig(core=192, halo=32)  # much smaller than most fields
+
+
+def _write_geotiff(
+    path: Path, rgb: np.ndarray, transform: Affine = ORIGIN, **profile: object
+) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        count=3,
+        dtype=rgb.dtype,
+        crs="EPSG:32616",
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        **profile,
+    ) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return path
+
+
+def _truth_source(truth: np.ndarray):  # type: ignore[no-untyped-def]
+    return lambda spec: GroundTruthMaskSource(tile_truth(truth, spec))
+
+
+def _run(path: Path | list[Path], truth: np.ndarray, out: Path, config: RegionConfig = SMALL_TILES):  # type: ignore[no-untyped-def]
+    paths = [str(p) for p in (path if isinstance(path, list) else [path])]
+    return run_region(
+        open_rasters(paths),
+        _truth_source(truth),
+        config,
+        RegionPaths(str(out)),
+        model_id="ground-truth",
+        model="ground truth",
+    )
+
+
+def _mosaic_labels(out: Path) -> xr.Dataset:
+    return xr.open_zarr(out / "mosaic.zarr", decode_coords="all", consolidated=False)
+
+
+@pytest.fixture(scope="module")
+def naip_mosaic(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, np.ndarray]:
+    """Four NAIP images side by side (2048 × 2048) as one georeferenced GeoTIFF, and its truth."""
+    scenes = [naip_scene(shared_data, name) for name in naip_names(shared_data)[:4]]
+    rgb = np.zeros((2048, 2048, 3), np.uint8)
+    truth = np.zeros((2048, 2048), np.int64)
+    offset = 0
+    for (image, fields), (r, c) in zip(scenes, [(0, 0), (0, 1), (1, 0), (1, 1)], strict=True):
+        ids = fields.astype(np.int64)
+        ids[ids > 0] += offset
+        offset = int(ids.max())
+        rgb[r * 1024 : (r + 1) * 1024, c * 1024 : (c + 1) * 1024] = image
+        truth[r * 1024 : (r + 1) * 1024, c * 1024 : (c + 1) * 1024] = ids
+    path = _write_geotiff(tmp_path_factory.mktemp("naip") / "mosaic.tif", rgb)
+    return path, truth
+
+
+@pytest.mark.shared_data
+def test_merged_mosaic_rebuilds_fields_cut_by_tile_borders(naip_mosaic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, truth = naip_mosaic
+    report = _run(path, truth, tmp_path / "out")
+    labels = _mosaic_labels(tmp_path / "out")["labels"].values
+
+    # many fields cross core borders (every 192 px)
+    crossing = [
+        i for i in np.unique(truth)[1:] if len(np.unique(np.nonzero(truth == i)[1] // 192)) > 1
+    ]
+    assert len(crossing) > 100
+    scores = score_partition(truth, labels)
+    assert scores.f1 >= 0.99 and scores.pixel_iou >= 0.99
+    # no field split at a tile border: each field is one id
+    for field_id in crossing:
+        ids = np.unique(labels[truth == field_id])
+        assert len(ids[ids > 0]) == 1, f"field {field_id} split into {ids}"
+    assert report.fields == scores.predicted_instances
+
+
+@pytest.mark.shared_data
+def test_a_mosaic_of_several_rasters_equals_the_single_raster(naip_mosaic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, truth = naip_mosaic
+    with rasterio.open(path) as src:
+        rgb = np.moveaxis(src.read(), 0, -1)
+    left = _write_geotiff(tmp_path / "left.tif", rgb[:, :1024].copy())
+    right = _write_geotiff(
+        tmp_path / "right.tif", rgb[:, 1024:].copy(), ORIGIN @ Affine.translation(1024, 0)
+    )
+    _run([right, left], truth, tmp_path / "out")
+    labels = _mosaic_labels(tmp_path / "out")["labels"].values
+    assert score_partition(truth, labels).f1 >= 0.99
+
+
+def test_zarr_and_geoparquet_are_georeferenced_and_line_up(tmp_path: Path) -> None:
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(640, seed=3)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    report = _run(
+        path, scene.instances.astype(np.int64), tmp_path / "out", RegionConfig(core=256, halo=32)
+    )
+    mosaic = _mosaic_labels(tmp_path / "out")
+    assert mosaic.rio.crs.to_epsg() == 32616
+    assert mosaic.rio.transform() == ORIGIN
+    assert mosaic["labels"].dtype == np.uint32 and mosaic["classes"].dtype == np.uint8
+    assert mosaic["labels"].encoding["chunks"] == (256, 256)
+    labels = mosaic["labels"].values
+    classes = mosaic["classes"].values
+    assert ((classes == 255) == (labels > 0)).all()  # unclassified fields, 0 elsewhere
+
+    fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
+    assert fields.crs.to_epsg() == 32616
+    assert len(fields) == report.fields == labels.max()
+    assert fields.geometry.is_valid.all()
+    for row in fields.itertuples():
+        assert row.area == pytest.approx((labels == row.id).sum())  # 1 m² pixels
+    minx, miny, maxx, maxy = fields.total_bounds
+    assert minx >= 400_000 and maxy <= 4_400_000 and maxx <= 400_640 and miny >= 4_400_000 - 640
+
+
+def test_rerun_computes_nothing_and_a_changed_setting_recomputes(tmp_path: Path) -> None:
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(512, seed=1)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    truth = scene.instances.astype(np.int64)
+    first = _run(path, truth, tmp_path / "out")
+    labels = _mosaic_labels(tmp_path / "out")["labels"].values
+    again = _run(path, truth, tmp_path / "out")
+    assert {s.status for s in first.statuses.values()} == {"computed"}
+    assert {s.status for s in again.statuses.values()} == {"cached"}
+    np.testing.assert_array_equal(_mosaic_labels(tmp_path / "out")["labels"].values, labels)
+    changed = SMALL_TILES.model_copy(
+        update={"engine": SMALL_TILES.engine.model_copy(update={"min_component_area": 60})}
+    )
+    third = _run(path, truth, tmp_path / "out", changed)
+    assert {s.status for s in third.statuses.values()} == {"computed"}
+
+
+def test_nodata_is_never_segmented_and_stays_zero(tmp_path: Path) -> None:
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(512, seed=2)
+    rgb = scene.rgb.copy()
+    rgb[:, :200] = 0  # a swath without data
+    rgb[rgb.sum(axis=2) == 0] = 0
+    path = _write_geotiff(tmp_path / "scene.tif", rgb, nodata=0)
+    _run(path, scene.instances.astype(np.int64), tmp_path / "out")
+    mosaic = _mosaic_labels(tmp_path / "out")
+    assert (mosaic["labels"].values[:, :200] == 0).all()
+    assert (mosaic["classes"].values[:, :200] == 255).all()
+    assert mosaic["labels"].values[:, 200:].max() > 0
+
+
+class _FailsOn:
+    """A mask source that breaks on one tile, as a corrupt tile or a lost worker would."""
+
+    def __init__(self, inner: MaskSource, key: str) -> None:
+        self.inner, self.key, self.name = inner, key, "flaky"
+
+    def generate(self, image: np.ndarray, region: Window):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"tile {self.key} is corrupt")
+
+
+def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(512, seed=4)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    truth = scene.instances.astype(np.int64)
+
+    def source_for(spec: TileSpec) -> MaskSource:
+        source = GroundTruthMaskSource(tile_truth(truth, spec))
+        return _FailsOn(source, spec.key) if spec.key == "r0001c0001" else source
+
+    seen: list[TileStatus] = []
+    report = run_region(
+        open_rasters([str(path)]),
+        source_for,
+        SMALL_TILES,
+        RegionPaths(str(tmp_path / "out")),
+        model_id="gt",
+        model="ground truth",
+        on_tile=seen.append,
+    )
+    assert [s.key for s in report.failed] == ["r0001c0001"]
+    assert "corrupt" in (report.failed[0].error or "")
+    assert len(seen) == 9
+    mosaic = _mosaic_labels(tmp_path / "out")
+    core = (slice(192, 384), slice(192, 384))
+    assert (mosaic["labels"].values[core] == 0).all() and (
+        mosaic["classes"].values[core] == 255
+    ).all()
+    assert mosaic["labels"].values.max() > 0
+    import json
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tiles"]["r0001c0001"]["status"] == "failed"
+
+
+def test_rasters_in_different_crs_are_refused(tmp_path: Path) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    a = _write_geotiff(tmp_path / "a.tif", rgb)
+    with rasterio.open(
+        tmp_path / "b.tif",
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=Affine(0.001, 0, 10, 0, -0.001, 50),
+    ) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    with pytest.raises(InputError, match="one CRS"):
+        open_rasters([str(a), str(tmp_path / "b.tif")])
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.tif", "no such file"),
+        (
+            lambda d: (d / "notes.tif").write_text("not a raster") and d / "notes.tif",
+            "not a readable raster",
+        ),
+        (lambda d: d, "holds no raster"),
+    ],
+)
+def test_bad_sources_get_one_sentence(tmp_path: Path, make, expected: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=expected):
+        open_rasters([str(make(tmp_path))])
+
+
+def test_band_out_of_range_is_refused(shared_data: Path) -> None:
+    with pytest.raises(InputError, match="band 9 is out of range"):
+        open_rasters([str(shared_data / "ftw-s2" / "inference-img.tif")], bands=(9, 2, 1))
+
+
+@pytest.mark.shared_data
+def test_truncated_raster_is_refused_in_one_sentence(naip_mosaic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path, _ = naip_mosaic
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(InputError, match=r"cut\.tif"):
+        rasters = open_rasters([str(cut)])
+        rasters.read(Window(0, 1500, 512, 512))
