@@ -10,6 +10,7 @@ import cv2
 import fsspec
 import numpy as np
 from numpy.typing import NDArray
+from rasterio import windows
 from rasterio.windows import Window, from_bounds
 
 from lisegagr_core.errors import InputError
@@ -53,7 +54,7 @@ def render_preview(
     window = Window(0, 0, width, height)
     if bbox is not None:
         window = from_bounds(*bbox, transform=rasters.transform).round_offsets().round_lengths()
-        if not window.intersection(Window(0, 0, width, height)):
+        if not windows.intersect(window, Window(0, 0, width, height)):
             raise InputError(f"the box {bbox} lies outside the region of {output}.")
         window = window.intersection(Window(0, 0, width, height))
     step = max(1, math.ceil(max(window.height, window.width) / max_side))

@@ -14,6 +14,7 @@ The output folder (local or any fsspec URL) holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -242,6 +243,7 @@ class RegionReport:
     fields: int
     seconds: float
     paths: RegionPaths
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[TileStatus]:
@@ -280,34 +282,62 @@ def run_region(
 ) -> RegionReport:
     """The whole run in this process; a tile that fails is recorded and left as nodata."""
     started = time.perf_counter()
+    clock = _StageClock()
     grid = plan(rasters, config)
     statuses: dict[str, TileStatus] = {}
-    for spec in grid:
-        try:
-            status = process_tile(rasters, spec, source_for(spec), config, model_id, paths)
-        except Exception as exc:  # recorded in the manifest, the run goes on
-            log.exception("tile %s failed", spec.key)
-            status = TileStatus(spec.key, "failed", error=f"{exc.__class__.__name__}: {exc}")
-        statuses[spec.key] = status
-        if on_tile is not None:
-            on_tile(status)
-    results = TileResults(paths, statuses)
-    ids = merge(grid, results, config)
-    create_mosaic(
-        paths.mosaic,
-        height=grid.height,
-        width=grid.width,
-        core=grid.core,
-        crs=rasters.crs,
-        transform=rasters.transform,
-        storage_options=paths.storage_options,
+    with clock("tiles"):
+        for spec in grid:
+            try:
+                status = process_tile(rasters, spec, source_for(spec), config, model_id, paths)
+            except Exception as exc:  # recorded in the manifest, the run goes on
+                log.exception("tile %s failed", spec.key)
+                status = TileStatus(spec.key, "failed", error=f"{exc.__class__.__name__}: {exc}")
+            statuses[spec.key] = status
+            if on_tile is not None:
+                on_tile(status)
+    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
+    with clock("merge"):
+        ids = merge(grid, results, config)
+    with clock("write"):
+        create_mosaic(
+            paths.mosaic,
+            height=grid.height,
+            width=grid.width,
+            core=grid.core,
+            crs=rasters.crs,
+            transform=rasters.transform,
+            storage_options=paths.storage_options,
+        )
+        group = open_mosaic(paths.mosaic, paths.storage_options)
+        for spec in grid:
+            write_tile(group, spec, results.get(spec.key), ids)
+    with clock("vectorise"):
+        attributes = instance_attributes(grid, results, ids)
+        attributes["model"] = model
+        geometries = vectorise_mosaic(group, grid, rasters.transform)
+        write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
+    write_manifest(
+        paths,
+        config,
+        rasters,
+        grid,
+        model,
+        statuses,
+        {"fields": ids.count, "stage_seconds": clock.seconds},
     )
-    group = open_mosaic(paths.mosaic, paths.storage_options)
-    for spec in grid:
-        write_tile(group, spec, results.get(spec.key), ids)
-    attributes = instance_attributes(grid, results, ids)
-    attributes["model"] = model
-    geometries = vectorise_mosaic(group, grid, rasters.transform)
-    write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
-    write_manifest(paths, config, rasters, grid, model, statuses, {"fields": ids.count})
-    return RegionReport(statuses, ids.count, time.perf_counter() - started, paths)
+    return RegionReport(statuses, ids.count, time.perf_counter() - started, paths, clock.seconds)
+
+
+class _StageClock:
+    """Wall time per named stage: ``with clock("merge"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - started, 3)
