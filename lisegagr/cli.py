@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,9 @@ weights_app = typer.Typer(
     no_args_is_help=True, help="Segment Anything checkpoints: list and fetch."
 )
 app.add_typer(weights_app, name="weights")
+from lisegagr.cli_model import model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")
 
 console = Console(stderr=True)
 out = Console()
@@ -76,6 +80,11 @@ def _fail(message: str) -> typer.Exit:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Map agricultural fields in imagery with iterative Segment Anything (LiSegAgr)."""
+    if not verbose:
+        # Prefect's and Dask's INFO chatter (here and in the worker processes they start) stays
+        # off the terminal: runs, tasks and their logs are in the Prefect UI.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
@@ -201,58 +210,6 @@ def segment(
     out.print(f"outputs in {output}/ (made by {described})", soft_wrap=True)
     if failures:
         raise typer.Exit(code=1)
-
-
-@app.command()
-def demo(
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("demo-out"),
-    model: ModelOption = None,
-    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
-    device: DeviceOption = None,
-    size: Annotated[int, typer.Option(help="Side of the generated scene in pixels.")] = 512,
-    points_per_side: PointsOption = 16,
-    seed: int = 0,
-) -> None:
-    """Make a synthetic farmland scene, segment it, and score the result against its truth."""
-    from lisegagr_core.metrics import score_partition
-    from lisegagr_core.single_image import segment_file
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
-
-    output.mkdir(parents=True, exist_ok=True)
-    scene = make_farmland_scene(size, seed=seed)
-    scene_path = output / "scene.tif"
-    write_georeferenced_scene(scene_path, scene)
-    overrides: dict[str, Any] = {"working_size": None}
-    if points_per_side is not None:
-        overrides["amg.points_per_side"] = points_per_side
-    try:
-        source, engine_config, described = _engine_setup(
-            model, weights_dir, device, None, overrides
-        )
-    except LisegagrError as exc:
-        raise _fail(str(exc)) from None
-    _say("model:", described)
-    with console.status(f"segmenting a {size}×{size} synthetic farmland scene"):
-        result = segment_file(scene_path, source, engine_config, output)
-    import rasterio
-
-    with rasterio.open(result.labels_path) as labels:
-        scores = score_partition(scene.instances, labels.read(1))
-    (output / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
-    out.print(f"{result.instances} instances in {result.seconds:.1f} s, made by {described}")
-    out.print(
-        f"against the scene's {scores.true_fields} true fields: object F1 {scores.f1:.2f}, "
-        f"field-area pixel IoU {scores.pixel_iou:.2f}"
-    )
-    for path in (
-        scene_path,
-        result.overlay_path,
-        result.labels_path,
-        result.table_path,
-        result.labelme_path,
-        output / "scores.json",
-    ):
-        out.print(f"  {path}")
 
 
 @weights_app.command("list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,12 +18,11 @@ from lisegagr.cli import (
     _fail,
     _say,
     app,
-    choose_model,
     console,
     out,
 )
 from lisegagr_core.errors import LisegagrError
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 
@@ -36,6 +36,116 @@ def _bands(text: str | None) -> tuple[int, ...] | None:
         raise _fail(
             f"--bands takes 1-based band numbers separated by commas, not {text!r}."
         ) from None
+
+
+def execute_run(
+    sources: list[str],
+    output: str,
+    config_path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    model: str | None,
+    weights_dir: Path,
+    device: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    source_spec: Any = None,
+) -> dict[str, Any]:
+    """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
+
+    Bad input (a raster, a band, a checkpoint, a setting) fails here in one sentence, before
+    any server or cluster starts. Returns the flow's summary.
+    """
+    from flows.region import listening_to_tiles, map_region, sam_source, task_runner
+    from flows.server import prefect_server
+    from lisegagr_core.config import load_region_config
+    from lisegagr_core.rasters import open_rasters
+    from lisegagr_core.region import TileStatus, plan
+
+    try:
+        settings: dict[str, Any] = {}
+        if source_spec is None:
+            source_spec, settings = sam_source(model, str(weights_dir), device)
+        region_config = load_region_config(config_path, overrides, model_settings=settings)
+        rasters = open_rasters(
+            sources,
+            bands=region_config.bands,
+            upscale=region_config.upscale,
+            upscale_model=region_config.upscale_model,
+            align=region_config.core,
+        )
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    _say("model:", source_spec.describe())
+    grid = plan(rasters, region_config)
+    counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
+    with (
+        prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api,
+        Progress(
+            TextColumn("[bold]tiles"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeRemainingColumn(),
+            console=console,
+            # Prefect ships its context (log handlers and their streams) to the workers;
+            # a redirected stream (it holds a lock) cannot travel.
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as progress,
+    ):
+        _say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
+        bar = progress.add_task("tiles", total=len(grid), counts="starting workers")
+
+        def on_tile(status: TileStatus) -> None:
+            counts[status.status] = counts.get(status.status, 0) + 1
+            shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
+            progress.update(bar, advance=1, counts=shown)
+
+        try:
+            with listening_to_tiles(on_tile):
+                summary: dict[str, Any] = map_region.with_options(
+                    task_runner=task_runner(scheduler, workers)
+                )(sources, output, region_config, source_spec)
+        except LisegagrError as exc:
+            raise _fail(str(exc)) from None
+    counts = summary["counts"]
+    out.print(
+        f"{summary['fields']} fields from {len(grid)} tiles in {summary['seconds']:.1f} s "
+        f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), made by "
+        f"{source_spec.describe()}",
+        soft_wrap=True,
+    )
+    root = output.rstrip("/")
+    for name in ("mosaic.zarr", "fields.parquet", "manifest.json"):
+        out.print(f"  {root}/{name}", soft_wrap=True)
+    for key, status in summary["statuses"].items():
+        if status["status"] == "failed":
+            _say("[red]failed:[/]", f"tile {key}: {status['error']}")
+    if counts["failed"]:
+        _say(
+            "",
+            f"{counts['failed']} tile(s) failed; fix the cause and run `lisegagr resume {output}`.",
+        )
+    return summary
+
+
+def _prefect_home() -> Path:
+    """Where the local Prefect server keeps its database (kept between runs for the UI)."""
+    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+
+
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="An existing Dask scheduler (tcp://host:8786); default: a local cluster.",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", help="Local cluster size (default: by GPUs or cores).")
+]
 
 
 @app.command()
@@ -56,15 +166,10 @@ def run(
     device: DeviceOption = None,
     config: ConfigOption = None,
     points_per_side: PointsOption = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
 ) -> None:
-    """Map the fields of a region: tiles, cross-tile merge, mosaic.zarr and fields.parquet."""
-    from lisegagr_core.config import load_region_config
-    from lisegagr_core.models import load_sam, model_description
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, TileStatus, plan, run_region
-    from lisegagr_core.sources import SamMaskSource
-    from lisegagr_core.superres import load_upscaler
-
+    """Map the fields of a region: tiles on Dask workers, merge, mosaic.zarr, fields.parquet."""
     overrides: dict[str, Any] = {}
     for key, value in (
         ("bands", _bands(bands)),
@@ -76,65 +181,97 @@ def run(
     ):
         if value is not None:
             overrides[key] = value
+    summary = execute_run(
+        sources,
+        output,
+        config,
+        overrides,
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        scheduler=scheduler,
+        workers=workers,
+    )
+    if summary["counts"]["failed"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def status(output: Annotated[str, typer.Argument(help="A run's output folder.")]) -> None:
+    """Tiles done, cached, failed (with reasons) and pending of a run, finished or not."""
+    from rich.table import Table
+
+    from lisegagr_core.preview import read_manifest
+
     try:
-        manifest = Manifest.load(weights_dir / "manifest.json")
-        sam = load_sam(
-            choose_model(model, weights_dir, manifest),
-            weights_dir=weights_dir,
-            manifest=manifest,
-            device=device,
-        )
-        region_config = load_region_config(config, overrides, model_settings=sam.settings)
-        upscaler, factor = None, region_config.upscale
-        if region_config.upscale_model:
-            upscaler, factor, described_sr = load_upscaler(region_config.upscale_model, device)
-            _say("super-resolution:", described_sr)
-            region_config = region_config.model_copy(update={"upscale": factor})
-        rasters = open_rasters(
-            sources, bands=region_config.bands, upscale=factor, upscaler=upscaler
-        )
+        manifest = read_manifest(output)
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
-    described = model_description(sam)
-    _say("model:", described)
-    source = SamMaskSource(sam, region_config.engine.amg)
-    grid = plan(rasters, region_config)
-    counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
-    with Progress(
-        TextColumn("[bold]tiles"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("tiles", total=len(grid), counts="")
-
-        def on_tile(status: TileStatus) -> None:
-            counts[status.status] += 1
-            progress.update(
-                task, advance=1, counts=" ".join(f"{k} {v}" for k, v in counts.items() if v)
-            )
-
-        report = run_region(
-            rasters,
-            lambda spec: source,
-            region_config,
-            RegionPaths(output),
-            model_id=f"{sam.name}:{sam.checkpoint_sha256}",
-            model=described,
-            on_tile=on_tile,
-        )
+    tiles = manifest["tiles"]
+    stored = _stored_tiles(output)
+    table = Table("status", "tiles")
+    by_status: dict[str, int] = {}
+    for key, tile in tiles.items():
+        state = tile["status"]
+        if state == "pending" and key in stored:
+            state = "computed"  # finished after the manifest was last written
+        by_status[state] = by_status.get(state, 0) + 1
+    for state, count in sorted(by_status.items()):
+        table.add_row(state, str(count))
     out.print(
-        f"{report.fields} fields from {len(grid)} tiles in {report.seconds:.1f} s "
-        f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), made by {described}",
-        soft_wrap=True,
+        f"{output}: {manifest.get('state', 'unknown')}, {len(tiles)} tiles, "
+        f"model {manifest['model']}"
     )
-    for path in (report.paths.mosaic, report.paths.fields, report.paths.manifest):
-        out.print(f"  {path}", soft_wrap=True)
-    for failed in report.failed:
-        _say("[red]failed:[/]", f"tile {failed.key}: {failed.error}")
-    if report.failed:
+    out.print(table)
+    for key, tile in tiles.items():
+        if tile["status"] == "failed":
+            out.print(f"  failed {key}: {tile['error']}", soft_wrap=True)
+
+
+def _stored_tiles(output: str) -> set[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/tiles")
+    if not fs.exists(path):
+        return set()
+    return {name.rsplit("/", 1)[-1].split(".")[0] for name in fs.ls(path, detail=False)}
+
+
+@app.command()
+def resume(
+    output: Annotated[str, typer.Argument(help="A run's output folder.")],
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+) -> None:
+    """Run again with the configuration recorded in OUTPUT: only unfinished tiles compute."""
+    import json
+    import tempfile
+
+    from lisegagr_core.preview import read_manifest
+
+    try:
+        manifest = read_manifest(output)
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
+    from lisegagr_core.source_specs import ground_truth_from_record
+
+    recorded = manifest["run"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config_file:
+        json.dump(manifest["config"], config_file)
+    summary = execute_run(
+        manifest["sources"],
+        output,
+        Path(config_file.name),
+        {},
+        model=recorded.get("name"),
+        weights_dir=Path(recorded.get("weights_dir") or weights_dir),
+        device=recorded.get("device"),
+        scheduler=scheduler,
+        workers=workers,
+        source_spec=ground_truth_from_record(recorded),
+    )
+    if summary["counts"]["failed"]:
         raise typer.Exit(code=1)
 
 
@@ -189,3 +326,127 @@ def preview(
 
     cv2.imwrite(str(image), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     out.print(f"{picture.shape[1]}×{picture.shape[0]} preview → {image}")
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Argument(help="Folder, prefix or glob where imagery appears.")],
+    output: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")],
+    cron: Annotated[str, typer.Option(help="When to run (cron, server time zone).")] = "0 2 * * *",
+    model: ModelOption = None,
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    config: ConfigOption = None,
+    scheduler: SchedulerOption = None,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "lisegagr-nightly",
+) -> None:
+    """Serve the nightly deployment on a schedule (blocks; Ctrl-C stops it)."""
+    from flows.server import prefect_server
+
+    deployment = nightly_deployment(
+        source, output, cron, model, weights_dir, config, scheduler, name
+    )
+    with prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api:
+        _say("prefect:", f"{api.removesuffix('/api')}: deployment {name}, schedule {cron!r}")
+        from prefect import serve as serve_deployments
+
+        serve_deployments(deployment)
+
+
+def nightly_deployment(
+    source: str,
+    output: str,
+    cron: str,
+    model: str | None,
+    weights_dir: Path,
+    config: Path | None,
+    scheduler: str | None,
+    name: str = "lisegagr-nightly",
+) -> Any:
+    """The nightly flow as a deployment with a cron schedule (what `serve` runs)."""
+    from flows.nightly import nightly_flow
+
+    return nightly_flow.to_deployment(
+        name=name,
+        cron=cron,
+        parameters={
+            "source": source,
+            "out": output,
+            "config": str(config) if config else None,
+            "model": model,
+            "scheduler": scheduler,
+            "weights_dir": str(weights_dir),
+        },
+    )
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("demo-out"),
+    model: ModelOption = None,
+    weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    device: DeviceOption = None,
+    size: Annotated[int, typer.Option(help="Side of the generated scene in pixels.")] = 1280,
+    points_per_side: PointsOption = 16,
+    workers: WorkersOption = None,
+    seed: int = 0,
+) -> None:
+    """The main job on an embedded default: a generated georeferenced farmland raster mapped by
+    the region flow (local Prefect server, local Dask cluster, local files), then scored."""
+    import json
+
+    import numpy as np
+    import rasterio
+
+    from lisegagr_core.metrics import score_partition
+    from lisegagr_core.mosaic import open_mosaic, read_window
+    from lisegagr_core.preview import render_preview
+    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+
+    output.mkdir(parents=True, exist_ok=True)
+    scene = make_farmland_scene(size, seed=seed)
+    scene_path = output / "scene.tif"
+    write_georeferenced_scene(scene_path, scene)
+    mapped = output / "map"
+    overrides: dict[str, Any] = {}
+    if points_per_side is not None:
+        overrides["engine.amg.points_per_side"] = points_per_side
+    summary = execute_run(
+        [str(scene_path)],
+        str(mapped),
+        None,
+        overrides,
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        scheduler=None,
+        workers=workers,
+    )
+    # Score the mosaic against the scene's known fields, on the scene's own pixels.
+    group = open_mosaic(str(mapped / "mosaic.zarr"), mode="r")
+    with rasterio.open(scene_path) as src:
+        scene_transform = src.transform
+    grid = json.loads((mapped / "manifest.json").read_text())["input"]["transform"]
+    col = round((scene_transform.c - grid[2]) / grid[0])
+    row = round((scene_transform.f - grid[5]) / grid[4])
+    from rasterio.windows import Window
+
+    labels = read_window(group, Window(col, row, size, size))
+    scores = score_partition(scene.instances, np.asarray(labels))
+    (output / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+    import cv2
+
+    picture = render_preview(str(mapped), max_side=1024)
+    cv2.imwrite(str(output / "preview.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    out.print(
+        f"against the scene's {scores.true_fields} true fields: object F1 {scores.f1:.2f}, "
+        f"field-area pixel IoU {scores.pixel_iou:.2f}",
+        soft_wrap=True,
+    )
+    for path in (scene_path, output / "preview.png", output / "scores.json"):
+        out.print(f"  {path}")
+    if "random weights" in summary.get("model", ""):
+        out.print(
+            "The model has random weights: it exercises every step but finds no real fields. "
+            "Fetch Meta's weights (`lisegagr weights fetch vit_b`) or pass --model PATH.",
+            soft_wrap=True,
+        )

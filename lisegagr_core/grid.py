@@ -27,15 +27,12 @@ class TileSpec:
 
     row: int
     col: int
+    key: str
     core: Window
     read: Window
     pad_top: int
     pad_left: int
     size: int
-
-    @property
-    def key(self) -> str:
-        return f"r{self.row:04d}c{self.col:04d}"
 
     def tile_slices(self, window: Window) -> tuple[slice, slice]:
         """Where a window of the output grid (inside `read`) lies in the tile array."""
@@ -52,6 +49,10 @@ class TileGrid:
     width: int
     core: int = 896
     halo: int = 64
+    origin_tile: tuple[int, int] = (0, 0)
+    """Absolute (row, col) of tile (0, 0) on a grid anchored in map space, for stable keys
+    (``r12c7``; ``m`` for a minus: ``rm17579c1953``): a region that grows keeps the keys, and
+    so the cached results, of its old tiles."""
 
     def __post_init__(self) -> None:
         if self.core < 1 or self.halo < 0:
@@ -82,9 +83,11 @@ class TileGrid:
         ry0, rx0 = max(y0 - self.halo, 0), max(x0 - self.halo, 0)
         ry1 = min(y0 + self.core + self.halo, self.height)
         rx1 = min(x0 + self.core + self.halo, self.width)
+        abs_row, abs_col = row + self.origin_tile[0], col + self.origin_tile[1]
         return TileSpec(
             row=row,
             col=col,
+            key=f"r{abs_row}c{abs_col}".replace("-", "m"),
             core=core,
             read=Window(rx0, ry0, rx1 - rx0, ry1 - ry0),
             pad_top=ry0 - (y0 - self.halo),

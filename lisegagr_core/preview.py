@@ -48,6 +48,7 @@ def render_preview(
         source["rasters"],
         bands=source["bands"],
         upscale=source["upscale"],
+        align=source.get("align"),
         storage_options=storage_options,
     )
     height, width = rasters.height, rasters.width

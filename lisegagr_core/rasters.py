@@ -17,12 +17,11 @@ import glob
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import fsspec
 import numpy as np
 import rasterio
@@ -43,18 +42,6 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jp
 
 #: Longest side of the decimated read from which stretch percentiles are computed.
 STRETCH_SAMPLE_SIDE = 1024
-
-#: (H, W, 3) uint8 in → (H·N, W·N, 3) uint8 out.
-Upscaler = Callable[[NDArray[np.uint8]], NDArray[np.uint8]]
-
-
-def lanczos_upscaler(factor: int) -> Upscaler:
-    def upscale(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
-        height, width = rgb.shape[:2]
-        size = (width * factor, height * factor)
-        return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4), np.uint8)
-
-    return upscale
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +81,11 @@ class RasterSet:
     source_height: int
     source_width: int
     upscale: int = 1
-    upscaler: Upscaler | None = field(default=None, repr=False)
+    upscale_model: str | None = None
+    """Super-resolution weights (spandrel) used instead of Lanczos; its scale is `upscale`."""
+    align: int | None = None
+    origin_tile: tuple[int, int] = (0, 0)
+    """(row, col) of the grid origin in tiles of `align` pixels (see `open_rasters`)."""
 
     @property
     def height(self) -> int:
@@ -118,6 +109,8 @@ class RasterSet:
             "transform": list(self.transform)[:6],
             "shape": [self.height, self.width],
             "upscale": self.upscale,
+            "upscale_model": self.upscale_model,
+            "align": self.align,
         }
 
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
@@ -131,8 +124,9 @@ class RasterSet:
         source = Window.from_slices((row0 // up, -(-row1 // up)), (col0 // up, -(-col1 // up)))
         rgb, valid = self._read_source(source)
         if up > 1:
-            upscale = self.upscaler or lanczos_upscaler(up)
-            rgb = upscale(rgb)
+            from lisegagr_core.superres import upscaler_for
+
+            rgb = upscaler_for(self.upscale_model, up)(rgb)
             valid = np.repeat(np.repeat(valid, up, axis=0), up, axis=1)
             r, c = row0 - int(source.row_off) * up, col0 - int(source.col_off) * up
             rgb = rgb[r : r + int(window.height), c : c + int(window.width)]
@@ -319,14 +313,21 @@ def open_rasters(
     *,
     bands: Sequence[int] | None = None,
     upscale: int = 1,
-    upscaler: Upscaler | None = None,
+    upscale_model: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    align: int | None = None,
 ) -> RasterSet:
     """Inspect every source (metadata and a decimated read, no full read) into a `RasterSet`.
 
     Raises `InputError` for a missing object, access denied, an unreadable raster, a band out
-    of range, or rasters of different CRS or pixel grids.
+    of range, or rasters of different CRS or pixel grids. With `align` (output pixels, the
+    tile core), the grid's origin is snapped to a multiple of `align` pixels in map space, so
+    tiles keep their place (and key) when more imagery joins the region.
     """
+    if upscale_model is not None:
+        from lisegagr_core.superres import load_upscaler
+
+        upscale = load_upscaler(upscale_model)[1]
     if upscale < 1:
         raise InputError(f"upscale must be a whole factor of 1 or more, not {upscale}.")
     inspected = [_inspect(path, fs, bands) for path, fs in expand_sources(sources, storage_options)]
@@ -359,6 +360,14 @@ def open_rasters(
         if first.transform.e < 0
         else min(r.transform.f for r in rasters)
     )
+    origin_tile = (0, 0)
+    if align and first.crs is not None and align % upscale == 0:
+        step = align // upscale
+        col_tile = math.floor(origin_x / (first.transform.a * step) + 1e-9)
+        row_tile = math.floor(origin_y / (first.transform.e * step) + 1e-9)
+        origin_x = col_tile * first.transform.a * step
+        origin_y = row_tile * first.transform.e * step
+        origin_tile = (row_tile, col_tile)
     base = Affine(
         first.transform.a,
         first.transform.b,
@@ -384,5 +393,7 @@ def open_rasters(
         source_height=height,
         source_width=width,
         upscale=upscale,
-        upscaler=upscaler,
+        upscale_model=upscale_model,
+        align=align,
+        origin_tile=origin_tile,
     )

@@ -8,7 +8,7 @@ The output folder (local or any fsspec URL) holds:
 
 - ``mosaic.zarr``: labels and classes, see `mosaic`;
 - ``fields.parquet``: one polygon per field (GeoParquet);
-- ``tiles/<key>-<hash>.npz``: each tile's segmentation, the cache a re-run resumes from;
+- ``tiles/<key>.<hash>.npz``: each tile's segmentation, the cache a re-run resumes from;
 - ``manifest.json``: settings, input, model, per-tile status, hashes and timings.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from lisegagr_core.config import RegionConfig
+from lisegagr_core.errors import InputError
 from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.merge import GlobalIds, assign_global_ids, match_overlap
 from lisegagr_core.mosaic import (
@@ -41,6 +42,7 @@ from lisegagr_core.mosaic import (
 from lisegagr_core.rasters import RasterSet
 from lisegagr_core.sources import MaskSource
 from lisegagr_core.tiles import (
+    TileImage,
     TileResult,
     load_tile_result,
     read_tile,
@@ -78,7 +80,7 @@ class RegionPaths:
         return self.join("manifest.json")
 
     def tile(self, key: str, digest: str) -> str:
-        return self.join("tiles", f"{key}-{digest[:16]}.npz")
+        return self.join("tiles", f"{key}.{digest[:16]}.npz")
 
     def exists(self, url: str) -> bool:
         fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
@@ -101,11 +103,40 @@ class TileStatus:
     instances: int = 0
     seconds: float = 0.0
     error: str | None = None
+    worker: str | None = None
 
 
 def plan(rasters: RasterSet, config: RegionConfig) -> TileGrid:
     """The tile grid over the region's output grid."""
-    return TileGrid(rasters.height, rasters.width, core=config.core, halo=config.halo)
+    return TileGrid(
+        rasters.height,
+        rasters.width,
+        core=config.core,
+        halo=config.halo,
+        origin_tile=rasters.origin_tile,
+    )
+
+
+def hash_stage(
+    rasters: RasterSet, spec: TileSpec, config: RegionConfig, model_id: str
+) -> tuple[TileImage, str | None]:
+    """Read a tile and its hash (None for a tile without a single valid pixel)."""
+    tile = read_tile(rasters, spec)
+    return tile, None if tile.empty else tile_hash(tile, config.segmentation_settings(model_id))
+
+
+def segment_stage(
+    tile: TileImage, digest: str, source: MaskSource, config: RegionConfig, paths: RegionPaths
+) -> TileStatus:
+    """Segment a hashed tile and store the result, unless a result of that hash is stored."""
+    started = time.perf_counter()
+    key = tile.spec.key
+    url = paths.tile(key, digest)
+    if paths.exists(url):
+        return TileStatus(key, "cached", digest, seconds=time.perf_counter() - started)
+    result = segment_tile(tile, source, config.engine, digest)
+    save_tile_result(url, result, dict(paths.storage_options))
+    return TileStatus(key, "computed", digest, len(result.instances), time.perf_counter() - started)
 
 
 def process_tile(
@@ -117,19 +148,10 @@ def process_tile(
     paths: RegionPaths,
 ) -> TileStatus:
     """Read, hash and (unless its result is already stored) segment one tile."""
-    started = time.perf_counter()
-    tile = read_tile(rasters, spec)
-    if tile.empty:
-        return TileStatus(spec.key, "empty", seconds=time.perf_counter() - started)
-    digest = tile_hash(tile, config.segmentation_settings(model_id))
-    url = paths.tile(spec.key, digest)
-    if paths.exists(url):
-        return TileStatus(spec.key, "cached", digest, seconds=time.perf_counter() - started)
-    result = segment_tile(tile, source, config.engine, digest)
-    save_tile_result(url, result, dict(paths.storage_options))
-    return TileStatus(
-        spec.key, "computed", digest, len(result.instances), time.perf_counter() - started
-    )
+    tile, digest = hash_stage(rasters, spec, config, model_id)
+    if digest is None:
+        return TileStatus(spec.key, "empty")
+    return segment_stage(tile, digest, source, config, paths)
 
 
 class TileResults:
@@ -341,3 +363,80 @@ class _StageClock:
             yield
         finally:
             self.seconds[stage] = round(time.perf_counter() - started, 3)
+
+
+class RunLock:
+    """One run at a time per output: a lock file naming the holder (host, pid, start).
+
+    A lock left by a run that died on this host (its pid is gone) is taken over; a live
+    holder, or one on another host, refuses the second run with one sentence.
+    """
+
+    def __init__(self, paths: RegionPaths) -> None:
+        self.paths = paths
+        self.url = paths.join(".lock")
+
+    def acquire(self) -> None:
+        import os
+        import socket
+
+        if self.paths.exists(self.url):
+            fs, path = fsspec.core.url_to_fs(self.url, **self.paths.storage_options)
+            with fs.open(path, "r") as stream:
+                holder = json.load(stream)
+            same_host = holder.get("host") == socket.gethostname()
+            if not (same_host and not _pid_alive(int(holder.get("pid", -1)))):
+                raise InputError(
+                    f"{self.paths.root} is being written by another run (pid {holder.get('pid')} "
+                    f"on {holder.get('host')} since {holder.get('since')}); wait for it to "
+                    f"finish, or delete {self.url} if that run is gone."
+                )
+            log.warning("taking over the lock of a run that is gone (pid %s)", holder.get("pid"))
+        self.paths.write_text(
+            self.url,
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            ),
+        )
+
+    def release(self) -> None:
+        fs, path = fsspec.core.url_to_fs(self.url, **self.paths.storage_options)
+        if fs.exists(path):
+            fs.rm(path)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tile_statuses_on_disk(grid: TileGrid, paths: RegionPaths) -> dict[str, str]:
+    """Tile key → hash prefix of every stored tile result (what a killed run left behind)."""
+    fs, path = fsspec.core.url_to_fs(paths.join("tiles"), **paths.storage_options)
+    if not fs.exists(path):
+        return {}
+    found: dict[str, str] = {}
+    for name in fs.ls(path, detail=False):
+        key, digest, *_ = name.rsplit("/", 1)[-1].split(".")
+        found[key] = digest
+    return found

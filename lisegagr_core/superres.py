@@ -8,8 +8,11 @@ scale becomes the upscale factor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import spandrel
 import torch
@@ -17,13 +20,35 @@ from numpy.typing import NDArray
 
 from lisegagr_core.errors import InputError
 from lisegagr_core.models import resolve_device
-from lisegagr_core.rasters import Upscaler
 
 log = logging.getLogger(__name__)
 
+#: (H, W, 3) uint8 in → (H·N, W·N, 3) uint8 out.
+Upscaler = Callable[[NDArray[np.uint8]], NDArray[np.uint8]]
 
+
+def lanczos_upscaler(factor: int) -> Upscaler:
+    def upscale(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        height, width = rgb.shape[:2]
+        size = (width * factor, height * factor)
+        return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4), np.uint8)
+
+    return upscale
+
+
+def upscaler_for(model_path: str | None, factor: int, device: str | None = None) -> Upscaler:
+    """The model in `model_path` (loaded once per process), else Lanczos by `factor`."""
+    if model_path is None:
+        return lanczos_upscaler(factor)
+    return load_upscaler(model_path, device)[0]
+
+
+@cache
 def load_upscaler(path: str | Path, device: str | None = None) -> tuple[Upscaler, int, str]:
-    """(upscaler, its scale, a one-line description) for a super-resolution weights file."""
+    """(upscaler, its scale, a one-line description) for a super-resolution weights file.
+
+    Loaded once per process and path (workers reuse it for every tile).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such super-resolution weights file.")

@@ -62,14 +62,19 @@ def canonical_json(value: Any) -> str:
 
 
 def tile_hash(tile: TileImage, settings: dict[str, Any]) -> str:
-    """sha256 of the tile's pixels, its window and `settings` (with the algorithm version)."""
+    """sha256 of the tile's pixels, its place and `settings` (with the algorithm version).
+
+    The place is the tile's key on the anchored grid and its read size and padding, not
+    window offsets, which move when a region grows.
+    """
     digest = hashlib.sha256()
     window = tile.spec.read
     digest.update(
         canonical_json(
             {
                 "algorithm": ALGORITHM_VERSION,
-                "window": [window.col_off, window.row_off, window.width, window.height],
+                "tile": tile.spec.key,
+                "read": [window.width, window.height],
                 "pad": [tile.spec.pad_top, tile.spec.pad_left, tile.spec.size],
                 "dtype": str(tile.rgb.dtype),
                 "shape": list(tile.rgb.shape),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,12 @@ def shared_data() -> Path:
     if not (root / "agoro-naip").is_dir():
         pytest.skip(f"real imagery not found at {root} (set LISEGAGR_SHARED_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local Prefect server for the session (runs find it through PREFECT_API_URL)."""
+    from flows.server import prefect_server
+
+    with prefect_server(home=tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url

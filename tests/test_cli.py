@@ -104,12 +104,28 @@ def test_weights_list_shows_the_manifest() -> None:
 
 
 @pytest.mark.slow
-def test_demo_makes_its_own_scene_and_scores_it(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("prefect_api")
+def test_demo_maps_its_own_scene_with_the_region_flow_and_scores_it(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["demo", "-o", str(tmp_path), "--model", "tiny", "--size", "192", "--points-per-side", "4"],
+        [
+            "demo",
+            "-o",
+            str(tmp_path),
+            "--model",
+            "tiny",
+            "--size",
+            "320",
+            "--points-per-side",
+            "4",
+            "--workers",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["true_fields"] > 3
-    assert (tmp_path / "scene.tif").exists() and (tmp_path / "scene.overlay.png").exists()
+    assert (tmp_path / "scene.tif").exists() and (tmp_path / "preview.png").exists()
+    assert (tmp_path / "map" / "mosaic.zarr").exists() and (
+        tmp_path / "map" / "fields.parquet"
+    ).exists()

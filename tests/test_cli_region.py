@@ -9,12 +9,11 @@ import pytest
 import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
-from affine import Affine
 from typer.testing import CliRunner
 
 from lisegagr.cli import app
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 runner = CliRunner()
 
@@ -57,9 +56,20 @@ def test_sentinel2_keeps_its_crs_and_the_outputs_line_up(s2_run: tuple[Path, Pat
         crs, transform, bounds, shape = src.crs, src.transform, src.bounds, src.shape
     mosaic = xr.open_zarr(out / "mosaic.zarr", decode_coords="all", consolidated=False)
     assert mosaic.rio.crs == crs
-    assert mosaic.rio.transform() == transform @ Affine.scale(0.25)
-    assert mosaic["labels"].shape == (shape[0] * 4, shape[1] * 4)
-    assert mosaic.rio.bounds() == pytest.approx(tuple(bounds))
+    grid = mosaic.rio.transform()
+    assert (grid.a, grid.e) == (2.5, -2.5)  # 10 m super-resolved ×4
+    # the grid is anchored in map space (origin on a multiple of the tile core, 896 × 2.5 m),
+    # so it covers the scene and its pixels fall exactly on the scene's own 10 m pixels
+    assert grid.c % (896 * 2.5) == 0 and grid.f % (896 * 2.5) == 0
+    col, row = ~grid @ (transform.c, transform.f)
+    assert col == int(col) and row == int(row)
+    left, bottom, right, top = mosaic.rio.bounds()
+    assert left <= bounds.left and right >= bounds.right
+    assert bottom <= bounds.bottom and top >= bounds.top
+    labels = mosaic["labels"].values
+    inside = labels[int(row) : int(row) + shape[0] * 4, int(col) : int(col) + shape[1] * 4]
+    assert inside.shape == (shape[0] * 4, shape[1] * 4)
+    assert labels.sum() == inside.sum()  # nothing outside the scene's own pixels
 
     fields = gpd.read_parquet(out / "fields.parquet")
     assert fields.crs == crs
@@ -72,7 +82,6 @@ def test_sentinel2_keeps_its_crs_and_the_outputs_line_up(s2_run: tuple[Path, Pat
         and maxy <= bounds.top
     )
     # a field's polygon covers its own pixels: the area matches the pixel count × 2.5 m × 2.5 m
-    labels = mosaic["labels"].values
     largest = fields.sort_values("area").iloc[-1]
     assert largest.area == pytest.approx((labels == largest.id).sum() * 6.25)
 

@@ -203,7 +203,7 @@ def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
 
     def source_for(spec: TileSpec) -> MaskSource:
         source = GroundTruthMaskSource(tile_truth(truth, spec))
-        return _FailsOn(source, spec.key) if spec.key == "r0001c0001" else source
+        return _FailsOn(source, spec.key) if spec.key == "r1c1" else source
 
     seen: list[TileStatus] = []
     report = run_region(
@@ -215,7 +215,7 @@ def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
         model="ground truth",
         on_tile=seen.append,
     )
-    assert [s.key for s in report.failed] == ["r0001c0001"]
+    assert [s.key for s in report.failed] == ["r1c1"]
     assert "corrupt" in (report.failed[0].error or "")
     assert len(seen) == 9
     mosaic = _mosaic_labels(tmp_path / "out")
@@ -227,7 +227,7 @@ def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
     import json
 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["tiles"]["r0001c0001"]["status"] == "failed"
+    assert manifest["tiles"]["r1c1"]["status"] == "failed"
 
 
 def test_rasters_in_different_crs_are_refused(tmp_path: Path) -> None:

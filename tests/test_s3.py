@@ -20,7 +20,7 @@ from lisegagr.cli import app
 from lisegagr_core.errors import InputError
 from lisegagr_core.rasters import open_rasters
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 def _free_port() -> int:

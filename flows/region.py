@@ -1,0 +1,245 @@
+"""The region flow: plan → per tile (hash, segment on GPU workers) → merge → write → vectorise.
+
+    region_flow(["s3://imagery/county/"], "s3://maps/county", model="vit_b",
+                scheduler="tcp://10.0.0.5:8786")
+
+Deployment entrypoint: ``flows/region.py:region_flow``. The flow composes tasks; the tasks
+wrap `lisegagr_core`; Dask decides where each task runs (segmentation only on workers that
+declare the ``GPU`` resource) and Prefect caches each tile's segmentation by its hash, so a
+re-run resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask
+from prefect import flow
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import State
+
+from lisegagr_core.config import RegionConfig, load_region_config
+from lisegagr_core.rasters import open_rasters
+from lisegagr_core.region import (
+    RegionPaths,
+    RunLock,
+    TileStatus,
+    plan,
+    write_manifest,
+)
+from lisegagr_core.source_specs import SamSpec, SourceSpec, spec_record
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
+from tasks.mosaic import create_region_mosaic, merge_tiles, vectorise, write_tile_core
+from tasks.tiles import GPU, hash_tile, segment_tile
+
+log = logging.getLogger(__name__)
+
+#: Called with each tile's status as it finishes (progress bars).
+TileCallback = Callable[[TileStatus], None]
+
+# Listeners live here, not in the flow's parameters or globals: Prefect ships the flow (its
+# function, by value) and its parameters to the workers, and a progress bar cannot travel.
+_tile_listeners: list[TileCallback] = []
+
+
+def _notify(status: TileStatus) -> None:
+    for listener in _tile_listeners:
+        listener(status)
+
+
+@contextlib.contextmanager
+def listening_to_tiles(callback: TileCallback) -> Iterator[None]:
+    """Call `callback` with each tile's status as `map_region` in this process collects it."""
+    _tile_listeners.append(callback)
+    try:
+        yield
+    finally:
+        _tile_listeners.remove(callback)
+
+
+def _status_of(key: str, future: PrefectFuture[TileStatus]) -> TileStatus:
+    """The tile's status from its task's final state: cached, computed, empty or failed."""
+    state: State[TileStatus] = future.state
+    if state.is_failed() or state.is_crashed():
+        try:
+            future.result()
+        except Exception as exc:
+            return TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        return TileStatus(key, "failed", error=state.message)
+    status = future.result()
+    if state.name == "Cached" and status.status == "computed":
+        status.status = "cached"
+    return status
+
+
+@flow(name="lisegagr-map-region", flow_run_name="map {out}", validate_parameters=False)
+def map_region(
+    sources: list[str],
+    out: str,
+    config: RegionConfig,
+    source: SourceSpec,
+) -> dict[str, Any]:
+    """Map one region with the current task runner; returns the run's summary."""
+    started = time.perf_counter()
+    paths = RegionPaths(out)
+    rasters = open_rasters(
+        sources,
+        bands=config.bands,
+        upscale=config.upscale,
+        upscale_model=config.upscale_model,
+        align=config.core,
+    )
+    grid = plan(rasters, config)
+    model = source.describe()
+    statuses: dict[str, TileStatus] = {spec.key: TileStatus(spec.key, "pending") for spec in grid}
+    recorded = {"sources": sources, "run": spec_record(source)}
+    with RunLock(paths):
+        write_manifest(
+            paths, config, rasters, grid, model, statuses, {**recorded, "state": "running"}
+        )
+        futures: dict[PrefectFuture[TileStatus], str] = {}
+        for spec in grid:
+            digest: Any = hash_tile.submit(
+                rasters, spec, config, source.model_id
+            )  # resolved by Prefect
+            with dask.annotate(resources=GPU):
+                futures[segment_tile.submit(rasters, spec, digest, config, source, paths)] = (
+                    spec.key
+                )
+        last_manifest = time.monotonic()
+        for future in as_completed(list(futures)):
+            key = futures[future]
+            statuses[key] = _status_of(key, future)
+            _notify(statuses[key])
+            if time.monotonic() - last_manifest > 10:
+                write_manifest(
+                    paths,
+                    config,
+                    rasters,
+                    grid,
+                    model,
+                    statuses,
+                    {**recorded, "state": "running"},
+                )
+                last_manifest = time.monotonic()
+
+        ids = merge_tiles.submit(grid, statuses, config, paths).result()
+        create_region_mosaic.submit(rasters, grid, paths).result()
+        writes = [
+            write_tile_core.submit(spec, statuses[spec.key], ids.maps.get(spec.key), paths)
+            for spec in grid
+        ]
+        for write in writes:
+            write.result()
+        fields = vectorise.submit(rasters, grid, statuses, ids, paths, model).result()
+        counts = {
+            s: sum(1 for t in statuses.values() if t.status == s)
+            for s in ("computed", "cached", "empty", "failed")
+        }
+        summary = {
+            **recorded,
+            "model": model,
+            "state": "failed tiles" if counts["failed"] else "complete",
+            "fields": fields,
+            "counts": counts,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_manifest(paths, config, rasters, grid, model, statuses, summary)
+    return {**summary, "statuses": {k: v.__dict__ for k, v in statuses.items()}, "out": out}
+
+
+def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any:
+    """Dask for the tasks: an existing scheduler, else a local cluster sized to this machine.
+
+    Local workers each declare one ``GPU`` slot: on a machine with CUDA GPUs one worker per GPU
+    (dask-cuda's LocalCUDACluster when installed), on a CPU-only machine one per core pair,
+    so that segmentation (annotated ``GPU=1``) runs one tile per worker at a time.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if scheduler:
+        return DaskTaskRunner(address=scheduler)
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            import dask_cuda  # noqa: F401
+
+            return DaskTaskRunner(
+                cluster_class="dask_cuda.LocalCUDACluster",
+                cluster_kwargs={"resources": GPU, "threads_per_worker": 2},
+            )
+        except ImportError:
+            workers = workers or torch.cuda.device_count()
+    n = workers or max(1, (os.cpu_count() or 2) // 2)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 2,
+            "processes": True,
+            "resources": GPU,
+            "dashboard_address": None,
+        },
+    )
+
+
+def sam_source(
+    model: str | None, weights_dir: str | None, device: str | None
+) -> tuple[SamSpec, dict[str, Any]]:
+    """The SAM spec for a model name or path, and the settings recorded with the model.
+
+    The checkpoint is loaded and checked here, before any cluster starts."""
+    from lisegagr_core.models import load_sam, model_description
+    from lisegagr_core.weights import Manifest
+
+    folder = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR
+    manifest = Manifest.load(folder / "manifest.json")
+    name = model or default_model(folder, manifest)
+    sam = load_sam(name, weights_dir=folder, manifest=manifest, device="cpu")
+    spec = SamSpec(name, str(folder), sam.checkpoint_sha256, model_description(sam), device)
+    return spec, dict(sam.settings)
+
+
+def default_model(weights_dir: Path, manifest: Any) -> str:
+    """Meta's vit_b when its checkpoint is present, else the manifest's default."""
+    vit_b = manifest.entries.get("vit_b")
+    if vit_b is not None and (weights_dir / vit_b.filename).exists():
+        return "vit_b"
+    return str(manifest.default)
+
+
+@flow(name="lisegagr-region", flow_run_name="region {out}")
+def region_flow(
+    sources: list[str],
+    out: str,
+    config: str | None = None,
+    model: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    weights_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Map the fields of `sources` into `out` (see the module docstring)."""
+    source, settings = sam_source(model, weights_dir, device)
+    region_config = load_region_config(config, overrides, model_settings=settings)
+    return map_region.with_options(task_runner=task_runner(scheduler, workers))(
+        sources, out, region_config, source
+    )
+
+
+def read_run(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a run's output folder."""
+    import fsspec
+
+    with fsspec.open(f"{out.rstrip('/')}/manifest.json", "r", **dict(storage_options or {})) as f:
+        return dict(json.load(f))

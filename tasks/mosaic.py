@@ -1,0 +1,98 @@
+"""Region-wide tasks: merge tiles into global ids, write chunks, vectorise, record the run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+from prefect import task
+
+from lisegagr_core.config import RegionConfig
+from lisegagr_core.grid import TileGrid, TileSpec
+from lisegagr_core.merge import GlobalIds
+from lisegagr_core.mosaic import create_mosaic, open_mosaic, vectorise_mosaic, write_fields
+from lisegagr_core.rasters import RasterSet
+from lisegagr_core.region import (
+    RegionPaths,
+    TileResults,
+    TileStatus,
+    instance_attributes,
+    merge,
+    write_tile,
+)
+
+#: Storage writes and reads fail transiently (S3, network): retry with backoff.
+RETRIES, JITTER = 3, 0.5
+BACKOFF: list[float] = [1.0, 4.0, 16.0]
+
+
+@task(
+    name="merge-tiles",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=JITTER,
+)
+def merge_tiles(
+    grid: TileGrid, statuses: Mapping[str, TileStatus], config: RegionConfig, paths: RegionPaths
+) -> GlobalIds:
+    return merge(grid, TileResults(paths, statuses, keep=2 * grid.cols + 4), config)
+
+
+@task(
+    name="create-mosaic",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=JITTER,
+)
+def create_region_mosaic(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
+    create_mosaic(
+        paths.mosaic,
+        height=grid.height,
+        width=grid.width,
+        core=grid.core,
+        crs=rasters.crs,
+        transform=rasters.transform,
+        storage_options=paths.storage_options,
+    )
+
+
+@task(
+    name="write-tile",
+    task_run_name="write {spec.key}",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=JITTER,
+)
+def write_tile_core(
+    spec: TileSpec, status: TileStatus, id_map: NDArray[np.uint32] | None, paths: RegionPaths
+) -> None:
+    """Write one tile's core (its own Zarr chunk) with global ids."""
+    results = TileResults(paths, {spec.key: status}, keep=1)
+    result = results.get(spec.key)
+    ids = GlobalIds({spec.key: id_map if id_map is not None else np.zeros(1, np.uint32)}, 0)
+    write_tile(open_mosaic(paths.mosaic, paths.storage_options), spec, result, ids)
+
+
+@task(
+    name="vectorise",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=JITTER,
+)
+def vectorise(
+    rasters: RasterSet,
+    grid: TileGrid,
+    statuses: Mapping[str, TileStatus],
+    ids: GlobalIds,
+    paths: RegionPaths,
+    model: str,
+) -> int:
+    """fields.parquet from the written mosaic; returns the number of fields."""
+    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
+    attributes = instance_attributes(grid, results, ids)
+    attributes["model"] = model
+    group = open_mosaic(paths.mosaic, paths.storage_options)
+    geometries = vectorise_mosaic(group, grid, rasters.transform)
+    frame = write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
+    return len(frame)

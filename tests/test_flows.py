@@ -1,0 +1,197 @@
+"""The region flow for real: a Prefect server, Dask processes on 127.0.0.1, faults, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.region import map_region, task_runner
+from lisegagr_core.config import RegionConfig
+from lisegagr_core.source_specs import GroundTruthSpec
+
+from .flow_helpers import corrupt_block, write_scene
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+
+TILES_256 = RegionConfig(core=256, halo=0)  # one tile = one block of the test files
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_workers(address: str, count: int, timeout: float = 120) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout) as client:
+        client.wait_for_workers(count, timeout=timeout)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`dask scheduler` and two `dask worker` processes: one declares GPU=1, one does not."""
+    dask_bin = Path(sys.executable).parent / "dask"
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": dict(os.environ)}
+    scheduler = subprocess.Popen(
+        [
+            str(dask_bin),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
+        ],
+        **common,
+    )
+    gpu = subprocess.Popen(
+        [
+            str(dask_bin),
+            "worker",
+            address,
+            "--host",
+            "127.0.0.1",
+            "--name",
+            "gpu-worker",
+            "--nthreads",
+            "1",
+            "--resources",
+            "GPU=1",
+            "--no-dashboard",
+        ],
+        **common,
+    )
+    cpu = subprocess.Popen(
+        [
+            str(dask_bin),
+            "worker",
+            address,
+            "--host",
+            "127.0.0.1",
+            "--name",
+            "cpu-worker",
+            "--nthreads",
+            "2",
+            "--no-dashboard",
+        ],
+        **common,
+    )
+    try:
+        _wait_for_workers(address, 2)
+        yield address, gpu
+    finally:
+        for process in (cpu, gpu, scheduler):
+            process.terminate()
+        for process in (cpu, gpu, scheduler):
+            process.wait(timeout=30)
+
+
+def _gpu_worker_address(address: str) -> str:
+    from distributed import Client
+
+    with Client(address) as client:
+        workers = client.scheduler_info()["workers"]
+    return next(a for a, w in workers.items() if w.get("resources", {}).get("GPU"))
+
+
+def test_gpu_tasks_run_only_on_the_gpu_worker_of_an_existing_cluster(
+    cluster: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    address, _ = cluster
+    imagery, truth = write_scene(tmp_path, size=768)
+    summary = map_region.with_options(task_runner=task_runner(scheduler=address))(
+        [str(imagery)], str(tmp_path / "out"), TILES_256, GroundTruthSpec(str(truth))
+    )
+    assert summary["state"] == "complete" and summary["counts"]["computed"] == 9
+    gpu_worker = _gpu_worker_address(address)
+    workers = {status["worker"] for status in summary["statuses"].values()}
+    assert workers == {gpu_worker}
+
+
+def test_a_corrupt_tile_fails_alone_and_resume_computes_just_that_tile(tmp_path: Path) -> None:
+    imagery, truth = write_scene(tmp_path, size=768)
+    original = corrupt_block(imagery, row=1, col=2)
+    run = map_region.with_options(task_runner=task_runner(workers=1))
+    spec = GroundTruthSpec(str(truth))
+
+    first = run([str(imagery)], str(tmp_path / "out"), TILES_256, spec)
+    failed = [k for k, s in first["statuses"].items() if s["status"] == "failed"]
+    assert len(failed) == 1 and first["counts"]["computed"] == 8
+    assert "could not be read" in first["statuses"][failed[0]]["error"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["state"] == "failed tiles"
+
+    imagery.write_bytes(original)  # the source is fixed
+    second = run([str(imagery)], str(tmp_path / "out"), TILES_256, spec)
+    assert second["counts"] == {"computed": 1, "cached": 8, "empty": 0, "failed": 0}
+    assert second["statuses"][failed[0]]["status"] == "computed"
+
+
+RUNNER = """
+import sys
+from flows.region import map_region, task_runner
+from lisegagr_core.config import RegionConfig
+from lisegagr_core.source_specs import GroundTruthSpec
+if __name__ == "__main__":
+    imagery, truth, out = sys.argv[1:4]
+    map_region.with_options(task_runner=task_runner(workers=1))(
+        [imagery], out, RegionConfig(core=256, halo=0), GroundTruthSpec(truth))
+"""
+
+
+def test_a_killed_run_resumes_computing_only_unfinished_tiles(tmp_path: Path) -> None:
+    imagery, truth = write_scene(tmp_path, size=1536, seed=4)  # 36 tiles
+    out = tmp_path / "out"
+    script = tmp_path / "run.py"
+    script.write_text(RUNNER)
+    flow = subprocess.Popen(
+        [sys.executable, str(script), str(imagery), str(truth), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while len(list((out / "tiles").glob("*.npz"))) < 3:
+        assert flow.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(flow.pid, signal.SIGKILL)  # the flow process and its local cluster
+    flow.wait()
+    finished = len(list((out / "tiles").glob("*.npz")))
+    assert 3 <= finished < 36
+    assert (out / ".lock").exists()  # left behind by the killed run; taken over below
+
+    resumed = map_region.with_options(task_runner=task_runner(workers=1))(
+        [str(imagery)], str(out), TILES_256, GroundTruthSpec(str(truth))
+    )
+    assert resumed["counts"]["cached"] == finished
+    assert resumed["counts"]["computed"] == 36 - finished
+    assert not (out / ".lock").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.region import RegionPaths, RunLock
+
+    imagery, truth = write_scene(tmp_path, size=256)
+    with (
+        RunLock(RegionPaths(str(tmp_path / "out"))),
+        pytest.raises(InputError, match="another run"),
+    ):
+        map_region.with_options(task_runner=task_runner(workers=1))(
+            [str(imagery)], str(tmp_path / "out"), TILES_256, GroundTruthSpec(str(truth))
+        )
