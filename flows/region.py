@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask
 from prefect import flow
@@ -63,16 +63,24 @@ def listening_to_tiles(callback: TileCallback) -> Iterator[None]:
         _tile_listeners.remove(callback)
 
 
-def _status_of(key: str, future: PrefectFuture[TileStatus]) -> TileStatus:
-    """The tile's status from its task's final state: cached, computed, empty or failed."""
-    state: State[TileStatus] = future.state
-    if state.is_failed() or state.is_crashed():
-        try:
-            future.result()
-        except Exception as exc:
-            return TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}")
-        return TileStatus(key, "failed", error=state.message)
-    status = future.result()
+def _status_of(
+    key: str, segmented: PrefectFuture[TileStatus], hashed: PrefectFuture[str | None]
+) -> TileStatus:
+    """The tile's status from its tasks' final states: cached, computed, empty or failed.
+
+    A tile whose hash task failed (its pixels could not be read) never segments; its error is
+    the read error.
+    """
+    segmented.wait()  # the final state from the worker, not the API's possibly older copy
+    state: State[TileStatus] = segmented.state
+    if not state.is_completed():
+        for future in (hashed, segmented):
+            try:
+                future.result()
+            except Exception as exc:
+                return TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        return TileStatus(key, "failed", error=state.message or state.name)
+    status = segmented.result()
     if state.name == "Cached" and status.status == "computed":
         status.status = "cached"
     return status
@@ -104,18 +112,19 @@ def map_region(
             paths, config, rasters, grid, model, statuses, {**recorded, "state": "running"}
         )
         futures: dict[PrefectFuture[TileStatus], str] = {}
+        hashes: dict[str, PrefectFuture[str | None]] = {}
         for spec in grid:
-            digest: Any = hash_tile.submit(
-                rasters, spec, config, source.model_id
-            )  # resolved by Prefect
+            digest = hash_tile.submit(rasters, spec, config, source.model_id)
+            hashes[spec.key] = digest
             with dask.annotate(resources=GPU):
-                futures[segment_tile.submit(rasters, spec, digest, config, source, paths)] = (
-                    spec.key
+                segmented = segment_tile.submit(
+                    rasters, spec, cast(Any, digest), config, source, paths
                 )
+            futures[segmented] = spec.key
         last_manifest = time.monotonic()
         for future in as_completed(list(futures)):
             key = futures[future]
-            statuses[key] = _status_of(key, future)
+            statuses[key] = _status_of(key, future, hashes[key])
             _notify(statuses[key])
             if time.monotonic() - last_manifest > 10:
                 write_manifest(
@@ -184,7 +193,7 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             "n_workers": n,
-            "threads_per_worker": 2,
+            "threads_per_worker": 1,
             "processes": True,
             "resources": GPU,
             "dashboard_address": None,
@@ -206,7 +215,7 @@ def sam_source(
     name = model or default_model(folder, manifest)
     sam = load_sam(name, weights_dir=folder, manifest=manifest, device="cpu")
     spec = SamSpec(name, str(folder), sam.checkpoint_sha256, model_description(sam), device)
-    return spec, dict(sam.settings)
+    return spec, {"amg": dict(sam.settings)}
 
 
 def default_model(weights_dir: Path, manifest: Any) -> str:

@@ -119,7 +119,7 @@ def _engine_setup(
     manifest = _manifest(weights_dir)
     name = choose_model(model, weights_dir, manifest)
     sam = load_sam(name, weights_dir=weights_dir, manifest=manifest, device=device)
-    config = load_config(config_path, overrides, model_settings=sam.settings)
+    config = load_config(config_path, overrides, model_settings={"amg": sam.settings})
     return SamMaskSource(sam, config.amg), config, model_description(sam)
 
 

@@ -13,9 +13,11 @@ tiles agree at their borders.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +166,7 @@ def _read_window(
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """((h, w, 3) uint8, (h, w) bool valid) of one raster's own `window`."""
     try:
-        with raster.open() as dataset:
+        with _opener_lock(raster.opener), raster.open() as dataset:
             data = dataset.read(list(bands), window=window)
             valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
     except (RasterioError, OSError) as exc:
@@ -181,6 +183,15 @@ def _read_window(
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0].rstrip(".") if str(exc) else exc.__class__.__name__
+
+
+#: rasterio registers one Python opener per (path, mode) at a time: reads through fsspec are
+#: serialised within a process (threads of a Dask worker); local files need no lock.
+_FSSPEC_READS = threading.Lock()
+
+
+def _opener_lock(opener: Any) -> contextlib.AbstractContextManager[Any]:
+    return _FSSPEC_READS if opener is not None else contextlib.nullcontext()
 
 
 def _open(url: str, opener: Any) -> Any:
