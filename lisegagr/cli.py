@@ -267,4 +267,5 @@ def weights_fetch(
 
 
 # Commands defined in sibling modules register themselves on `app` when imported.
+import lisegagr.cli_classifier  # noqa: E402, F401
 from lisegagr import cli_region  # noqa: E402, F401
