@@ -7,16 +7,7 @@ import platform
 from datetime import UTC, datetime
 from typing import Any
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from lisegagr_core.training.machine import cpu_model
 
 
 def machine() -> dict[str, Any]:

@@ -35,7 +35,7 @@ from lisegagr_core.region import (
 )
 from lisegagr_core.source_specs import SamSpec, SourceSpec, spec_record
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
-from tasks.mosaic import create_region_mosaic, merge_tiles, vectorise, write_tile_core
+from tasks.mosaic import create_mosaic_task, merge_tiles, vectorise, write_tile_core
 from tasks.tiles import GPU, hash_tile, segment_tile
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def map_region(
                 last_manifest = time.monotonic()
 
         ids = merge_tiles.submit(grid, statuses, config, paths).result()
-        create_region_mosaic.submit(rasters, grid, paths).result()
+        create_mosaic_task.submit(rasters, grid, paths).result()
         writes = [
             write_tile_core.submit(spec, statuses[spec.key], ids.maps.get(spec.key), paths)
             for spec in grid

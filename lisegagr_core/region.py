@@ -200,6 +200,19 @@ def merge(grid: TileGrid, results: TileResults, config: RegionConfig) -> GlobalI
     return assign_global_ids(counts, core_ids, matches())
 
 
+def create_region_mosaic(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
+    """The empty mosaic of the region's grid, chunked by its tile core."""
+    create_mosaic(
+        paths.mosaic,
+        height=grid.height,
+        width=grid.width,
+        core=grid.core,
+        crs=rasters.crs,
+        transform=rasters.transform,
+        storage_options=paths.storage_options,
+    )
+
+
 def write_tile(group: Any, spec: TileSpec, result: TileResult | None, ids: GlobalIds) -> None:
     """Write a tile's core with global ids; classes: 0 background, 255 unclassified/nodata."""
     rows, cols = spec.tile_slices(spec.core)
@@ -321,15 +334,7 @@ def run_region(
     with clock("merge"):
         ids = merge(grid, results, config)
     with clock("write"):
-        create_mosaic(
-            paths.mosaic,
-            height=grid.height,
-            width=grid.width,
-            core=grid.core,
-            crs=rasters.crs,
-            transform=rasters.transform,
-            storage_options=paths.storage_options,
-        )
+        create_region_mosaic(rasters, grid, paths)
         group = open_mosaic(paths.mosaic, paths.storage_options)
         for spec in grid:
             write_tile(group, spec, results.get(spec.key), ids)

@@ -11,12 +11,13 @@ from prefect import task
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.merge import GlobalIds
-from lisegagr_core.mosaic import create_mosaic, open_mosaic, vectorise_mosaic, write_fields
+from lisegagr_core.mosaic import open_mosaic, vectorise_mosaic, write_fields
 from lisegagr_core.rasters import RasterSet
 from lisegagr_core.region import (
     RegionPaths,
     TileResults,
     TileStatus,
+    create_region_mosaic,
     instance_attributes,
     merge,
     write_tile,
@@ -45,16 +46,8 @@ def merge_tiles(
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
 )
-def create_region_mosaic(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
-    create_mosaic(
-        paths.mosaic,
-        height=grid.height,
-        width=grid.width,
-        core=grid.core,
-        crs=rasters.crs,
-        transform=rasters.transform,
-        storage_options=paths.storage_options,
-    )
+def create_mosaic_task(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
+    create_region_mosaic(rasters, grid, paths)
 
 
 @task(
