@@ -25,18 +25,27 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import State
 
 from lisegagr_core.config import RegionConfig, load_region_config
-from lisegagr_core.rasters import open_rasters
+from lisegagr_core.grid import TileGrid
+from lisegagr_core.rasters import RasterSet, open_rasters
 from lisegagr_core.region import (
     RegionPaths,
     RunLock,
     TileStatus,
+    classes_by_id,
+    classifier_sha256,
     plan,
     write_manifest,
 )
 from lisegagr_core.source_specs import SamSpec, SourceSpec, spec_record
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
-from tasks.mosaic import create_mosaic_task, merge_tiles, vectorise, write_tile_core
-from tasks.tiles import GPU, hash_tile, segment_tile
+from tasks.mosaic import (
+    attributes_task,
+    create_mosaic_task,
+    merge_tiles,
+    vectorise,
+    write_tile_core,
+)
+from tasks.tiles import GPU, classify_tile, hash_tile, segment_tile
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +147,20 @@ def map_region(
                 )
                 last_manifest = time.monotonic()
 
+        field_scores = _classify(rasters, grid, statuses, config, paths)
         ids = merge_tiles.submit(grid, statuses, config, paths).result()
+        attributes = attributes_task.submit(
+            grid, statuses, ids, paths, model, field_scores
+        ).result()
         create_mosaic_task.submit(rasters, grid, paths).result()
+        lookup = classes_by_id(attributes, ids.count)
         writes = [
-            write_tile_core.submit(spec, statuses[spec.key], ids.maps.get(spec.key), paths)
+            write_tile_core.submit(spec, statuses[spec.key], ids.maps.get(spec.key), lookup, paths)
             for spec in grid
         ]
         for write in writes:
             write.result()
-        fields = vectorise.submit(rasters, grid, statuses, ids, paths, model).result()
+        fields = vectorise.submit(rasters, grid, attributes, paths).result()
         counts = {
             s: sum(1 for t in statuses.values() if t.status == s)
             for s in ("computed", "cached", "empty", "failed")
@@ -161,6 +175,29 @@ def map_region(
         }
         write_manifest(paths, config, rasters, grid, model, statuses, summary)
     return {**summary, "statuses": {k: v.__dict__ for k, v in statuses.items()}, "out": out}
+
+
+def _classify(
+    rasters: RasterSet,
+    grid: TileGrid,
+    statuses: Mapping[str, TileStatus],
+    config: RegionConfig,
+    paths: RegionPaths,
+) -> dict[str, dict[int, float]]:
+    """Field scores of every segmented tile (GPU tasks), or none without a classifier."""
+    if not config.classifier:
+        log.warning("no classifier configured: instances are written as unclassified")
+        return {}
+    classifier_hash = classifier_sha256(config.classifier)
+    futures = {}
+    for spec in grid:
+        digest = statuses[spec.key].tile_hash
+        if digest is not None and statuses[spec.key].status != "failed":
+            with dask.annotate(resources=GPU):
+                futures[spec.key] = classify_tile.submit(
+                    rasters, spec, digest, config.classifier, classifier_hash, paths
+                )
+    return {key: future.result() for key, future in futures.items()}
 
 
 def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any:

@@ -161,6 +161,9 @@ def run(
     ] = None,
     core: Annotated[int | None, typer.Option(help="Tile core side in pixels.")] = None,
     halo: Annotated[int | None, typer.Option(help="Tile halo in pixels.")] = None,
+    classifier: Annotated[
+        Path | None, typer.Option(help="Field / non-field classifier file (classes, scores).")
+    ] = None,
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
     device: DeviceOption = None,
@@ -178,6 +181,7 @@ def run(
         ("halo", halo),
         ("engine.amg.points_per_side", points_per_side),
         ("upscale_model", str(upscale_model) if upscale_model else None),
+        ("classifier", str(classifier) if classifier else None),
     ):
         if value is not None:
             overrides[key] = value

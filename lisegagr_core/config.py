@@ -151,6 +151,8 @@ class RegionConfig(_Settings):
     """Tile core side (px): cores tile the raster without overlap; Zarr chunks equal it."""
     halo: int = Field(64, ge=0)
     """Pixels each tile also reads on every side, so fields at a border are seen whole."""
+    classifier: str | None = None
+    """Field / non-field classifier file (`lisegagr classifier train`); None: unclassified."""
     merge_min_iou: float = Field(0.5, gt=0.0, le=1.0)
     """Instances of two tiles whose IoU inside the shared strip reaches this are one field."""
     merge_min_share: float = Field(0.8, gt=0.0, le=1.0)

@@ -15,6 +15,7 @@ The output folder (local or any fsspec URL) holds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -25,12 +26,15 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.errors import InputError
 from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.merge import GlobalIds, assign_global_ids, match_overlap
 from lisegagr_core.mosaic import (
+    CLASS_FIELD,
+    CLASS_NON_FIELD,
     CLASS_NONE,
     CLASS_UNCLASSIFIED,
     create_mosaic,
@@ -52,6 +56,9 @@ from lisegagr_core.tiles import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Instances whose area-weighted field score reaches this are fields (class 1), else 2.
+FIELD_THRESHOLD = 0.5
 
 #: The mask source for a tile (SAM ignores the tile; a ground-truth source crops to it).
 SourceForTile = Callable[[TileSpec], MaskSource]
@@ -81,6 +88,9 @@ class RegionPaths:
 
     def tile(self, key: str, digest: str) -> str:
         return self.join("tiles", f"{key}.{digest[:16]}.npz")
+
+    def scores(self, key: str, digest: str, classifier_hash: str) -> str:
+        return self.join("scores", f"{key}.{digest[:16]}.{classifier_hash[:16]}.json")
 
     def exists(self, url: str) -> bool:
         fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
@@ -213,8 +223,15 @@ def create_region_mosaic(rasters: RasterSet, grid: TileGrid, paths: RegionPaths)
     )
 
 
-def write_tile(group: Any, spec: TileSpec, result: TileResult | None, ids: GlobalIds) -> None:
-    """Write a tile's core with global ids; classes: 0 background, 255 unclassified/nodata."""
+def write_tile(
+    group: Any,
+    spec: TileSpec,
+    result: TileResult | None,
+    ids: GlobalIds,
+    classes_by_id: NDArray[np.uint8] | None = None,
+) -> None:
+    """Write a tile's core with global ids, and its classes: 0 background, 1 field,
+    2 non-field (from `classes_by_id`, indexed by global id), 255 unclassified or nodata."""
     rows, cols = spec.tile_slices(spec.core)
     if result is None:
         shape = (int(spec.core.height), int(spec.core.width))
@@ -224,12 +241,24 @@ def write_tile(group: Any, spec: TileSpec, result: TileResult | None, ids: Globa
         return
     labels = ids.maps[spec.key][result.labels[rows, cols]]
     valid = result.valid[rows, cols]
-    classes = np.where(valid & (labels == 0), CLASS_NONE, CLASS_UNCLASSIFIED).astype(np.uint8)
-    write_core(group, spec, labels, classes)
+    instance_class = (
+        classes_by_id[labels] if classes_by_id is not None else np.uint8(CLASS_UNCLASSIFIED)
+    )
+    classes = np.where(labels > 0, instance_class, np.where(valid, CLASS_NONE, CLASS_UNCLASSIFIED))
+    write_core(group, spec, labels, classes.astype(np.uint8))
 
 
-def instance_attributes(grid: TileGrid, results: TileResults, ids: GlobalIds) -> pd.DataFrame:
-    """Per global id: provenance (tiles and their hashes) and SAM's scores, area-weighted."""
+def instance_attributes(
+    grid: TileGrid,
+    results: TileResults,
+    ids: GlobalIds,
+    field_scores: Mapping[str, Mapping[int, float]] | None = None,
+) -> pd.DataFrame:
+    """Per global id: provenance (tiles and their hashes), SAM's scores and the field score,
+    each weighted by the area of the instance's pieces in the tile cores.
+
+    field_scores: tile key → local id → P(field); without them every instance is unclassified.
+    """
     rows: list[dict[str, Any]] = []
     for spec in grid:
         result = results.get(spec.key)
@@ -247,15 +276,20 @@ def instance_attributes(grid: TileGrid, results: TileResults, ids: GlobalIds) ->
                         "stability_score": instance.stability_score,
                         "stage": instance.stage,
                         "tile": f"{spec.key}:{result.tile_hash[:16]}",
+                        "field_score": (field_scores or {}).get(spec.key, {}).get(instance.id),
                     }
                 )
+    columns = ["predicted_iou", "stability_score", "stage", "tiles", "class", "field_score"]
     if not rows:
-        return pd.DataFrame(columns=["predicted_iou", "stability_score", "stage", "tiles"])
+        return pd.DataFrame(columns=columns)
     pieces = pd.DataFrame(rows)
     weights = pieces["weight"]
+    scored = pieces["field_score"].notna()
     grouped = pieces.assign(
         predicted_iou=pieces["predicted_iou"] * weights,
         stability_score=pieces["stability_score"] * weights,
+        field_score=pieces["field_score"].fillna(0.0) * weights,
+        scored_weight=weights.where(scored, 0),
     ).groupby("id")
     attributes = pd.DataFrame(
         {
@@ -265,9 +299,62 @@ def instance_attributes(grid: TileGrid, results: TileResults, ids: GlobalIds) ->
             "tiles": grouped["tile"].agg(lambda t: ",".join(sorted(set(t)))),
         }
     )
-    attributes["class"] = CLASS_UNCLASSIFIED
-    attributes["field_score"] = np.nan
-    return attributes
+    scored_weight = grouped["scored_weight"].sum().astype(float).replace(0.0, np.nan)
+    attributes["field_score"] = grouped["field_score"].sum().astype(float) / scored_weight
+    attributes["class"] = np.where(
+        attributes["field_score"].isna(),
+        CLASS_UNCLASSIFIED,
+        np.where(attributes["field_score"] >= FIELD_THRESHOLD, CLASS_FIELD, CLASS_NON_FIELD),
+    ).astype(np.uint8)
+    return attributes[columns]
+
+
+def classes_by_id(attributes: pd.DataFrame, count: int) -> NDArray[np.uint8]:
+    """(count + 1,) uint8 class of each global id (index 0 unused), for the classes raster."""
+    lookup = np.full(count + 1, CLASS_UNCLASSIFIED, np.uint8)
+    if len(attributes):
+        lookup[attributes.index.to_numpy(np.int64)] = attributes["class"].to_numpy(np.uint8)
+    return lookup
+
+
+@functools.cache
+def _loaded_classifier(path: str, device: str | None) -> tuple[Any, str]:
+    """The classifier of a file and its weights' sha256, loaded once per process."""
+    from lisegagr_core.classify import load_classifier
+
+    classifier, header = load_classifier(path, device=device)
+    return classifier, str(header["sha256"])
+
+
+def classifier_sha256(path: str) -> str:
+    return _loaded_classifier(path, None)[1]
+
+
+def classify_stage(
+    rasters: RasterSet,
+    spec: TileSpec,
+    digest: str,
+    classifier_path: str,
+    paths: RegionPaths,
+    device: str | None = None,
+) -> dict[int, float]:
+    """P(field) of every instance of a segmented tile, stored beside its labels.
+
+    Keyed by tile hash and classifier hash: a new classifier recomputes only this stage.
+    """
+    from lisegagr_core.classify import classify_instances
+
+    classifier, classifier_hash = _loaded_classifier(classifier_path, device)
+    url = paths.scores(spec.key, digest, classifier_hash)
+    if paths.exists(url):
+        fs, path = fsspec.core.url_to_fs(url, **paths.storage_options)
+        with fs.open(path, "r") as stream:
+            return {int(k): float(v) for k, v in json.load(stream).items()}
+    tile = read_tile(rasters, spec)
+    result = load_tile_result(paths.tile(spec.key, digest), dict(paths.storage_options))
+    scores = classify_instances(tile.rgb, result.labels, classifier)
+    paths.write_text(url, json.dumps({str(k): v for k, v in scores.items()}))
+    return scores
 
 
 @dataclass
@@ -331,16 +418,28 @@ def run_region(
             if on_tile is not None:
                 on_tile(status)
     results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
+    scores: dict[str, dict[int, float]] = {}
+    if config.classifier:
+        with clock("classify"):
+            for spec in grid:
+                status = statuses[spec.key]
+                if status.tile_hash is not None and status.status != "failed":
+                    scores[spec.key] = classify_stage(
+                        rasters, spec, status.tile_hash, config.classifier, paths
+                    )
+    else:
+        log.warning("no classifier configured: instances are written as unclassified")
     with clock("merge"):
         ids = merge(grid, results, config)
+        attributes = instance_attributes(grid, results, ids, scores)
+        attributes["model"] = model
     with clock("write"):
         create_region_mosaic(rasters, grid, paths)
         group = open_mosaic(paths.mosaic, paths.storage_options)
+        lookup = classes_by_id(attributes, ids.count)
         for spec in grid:
-            write_tile(group, spec, results.get(spec.key), ids)
+            write_tile(group, spec, results.get(spec.key), ids, lookup)
     with clock("vectorise"):
-        attributes = instance_attributes(grid, results, ids)
-        attributes["model"] = model
         geometries = vectorise_mosaic(group, grid, rasters.transform)
         write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
     write_manifest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 from prefect import task
 
@@ -58,13 +59,38 @@ def create_mosaic_task(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -
     retry_jitter_factor=JITTER,
 )
 def write_tile_core(
-    spec: TileSpec, status: TileStatus, id_map: NDArray[np.uint32] | None, paths: RegionPaths
+    spec: TileSpec,
+    status: TileStatus,
+    id_map: NDArray[np.uint32] | None,
+    classes_by_id: NDArray[np.uint8],
+    paths: RegionPaths,
 ) -> None:
     """Write one tile's core (its own Zarr chunk) with global ids."""
     results = TileResults(paths, {spec.key: status}, keep=1)
     result = results.get(spec.key)
     ids = GlobalIds({spec.key: id_map if id_map is not None else np.zeros(1, np.uint32)}, 0)
-    write_tile(open_mosaic(paths.mosaic, paths.storage_options), spec, result, ids)
+    write_tile(open_mosaic(paths.mosaic, paths.storage_options), spec, result, ids, classes_by_id)
+
+
+@task(
+    name="attributes",
+    retries=RETRIES,
+    retry_delay_seconds=BACKOFF,
+    retry_jitter_factor=JITTER,
+)
+def attributes_task(
+    grid: TileGrid,
+    statuses: Mapping[str, TileStatus],
+    ids: GlobalIds,
+    paths: RegionPaths,
+    model: str,
+    field_scores: Mapping[str, Mapping[int, float]],
+) -> pd.DataFrame:
+    """Per-field attributes (scores area-weighted across tiles) and the class of each field."""
+    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
+    attributes = instance_attributes(grid, results, ids, field_scores)
+    attributes["model"] = model
+    return attributes
 
 
 @task(
@@ -74,17 +100,9 @@ def write_tile_core(
     retry_jitter_factor=JITTER,
 )
 def vectorise(
-    rasters: RasterSet,
-    grid: TileGrid,
-    statuses: Mapping[str, TileStatus],
-    ids: GlobalIds,
-    paths: RegionPaths,
-    model: str,
+    rasters: RasterSet, grid: TileGrid, attributes: pd.DataFrame, paths: RegionPaths
 ) -> int:
     """fields.parquet from the written mosaic; returns the number of fields."""
-    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
-    attributes = instance_attributes(grid, results, ids)
-    attributes["model"] = model
     group = open_mosaic(paths.mosaic, paths.storage_options)
     geometries = vectorise_mosaic(group, grid, rasters.transform)
     frame = write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)

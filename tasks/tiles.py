@@ -17,7 +17,13 @@ from prefect.context import TaskRunContext
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.grid import TileSpec
 from lisegagr_core.rasters import RasterSet
-from lisegagr_core.region import RegionPaths, TileStatus, hash_stage, segment_stage
+from lisegagr_core.region import (
+    RegionPaths,
+    TileStatus,
+    classify_stage,
+    hash_stage,
+    segment_stage,
+)
 from lisegagr_core.source_specs import SourceSpec
 from lisegagr_core.tiles import read_tile
 
@@ -116,3 +122,33 @@ def segment_tile(
             )
     status.worker = worker_name()
     return status
+
+
+def classify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Tile hash + classifier hash, while the stored scores exist."""
+    digest, spec, paths = parameters.get("digest"), parameters["spec"], parameters["paths"]
+    classifier_hash = parameters["classifier_hash"]
+    if not digest or not paths.exists(paths.scores(spec.key, digest, classifier_hash)):
+        return None
+    return f"lisegagr-classify-{digest}-{classifier_hash}"
+
+
+@task(
+    name="classify-tile",
+    task_run_name="classify {spec.key}",
+    cache_key_fn=classify_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_jitter_factor=0.5,
+)
+def classify_tile(
+    rasters: RasterSet,
+    spec: TileSpec,
+    digest: str,
+    classifier_path: str,
+    classifier_hash: str,
+    paths: RegionPaths,
+) -> dict[int, float]:
+    """P(field) of each instance of a segmented tile (cached by tile and classifier hash)."""
+    return classify_stage(rasters, spec, digest, classifier_path, paths)

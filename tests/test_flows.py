@@ -196,3 +196,33 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
         map_region.with_options(task_runner=task_runner(workers=1))(
             [str(imagery)], str(tmp_path / "out"), TILES_256, GroundTruthSpec(str(truth))
         )
+
+
+def test_the_flow_classifies_every_field_and_the_outputs_agree(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import numpy as np
+    import rioxarray  # noqa: F401
+    import torch
+    import xarray as xr
+
+    from lisegagr_core.classify import ClassifierConfig, build_classifier, save_classifier
+
+    imagery, truth = write_scene(tmp_path, size=512, seed=3)
+    torch.manual_seed(0)
+    classifier = tmp_path / "classifier.pt"
+    save_classifier(
+        build_classifier(ClassifierConfig(backbone="resnet18", input_size=64)), classifier
+    )
+    config = TILES_256.model_copy(update={"classifier": str(classifier)})
+    summary = map_region.with_options(task_runner=task_runner(workers=1))(
+        [str(imagery)], str(tmp_path / "out"), config, GroundTruthSpec(str(truth))
+    )
+    assert summary["state"] == "complete"
+    fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
+    mosaic = xr.open_zarr(tmp_path / "out" / "mosaic.zarr", decode_coords="all", consolidated=False)
+    labels, classes = mosaic["labels"].values, mosaic["classes"].values
+    assert len(fields) == summary["fields"] > 0
+    for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
+        assert field_class == (1 if score >= 0.5 else 2)
+        assert (classes[labels == field_id] == field_class).all()
+    assert np.isin(classes, [0, 1, 2, 255]).all()

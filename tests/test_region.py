@@ -278,3 +278,42 @@ def test_truncated_raster_is_refused_in_one_sentence(naip_mosaic, tmp_path: Path
     with pytest.raises(InputError, match=r"cut\.tif"):
         rasters = open_rasters([str(cut)])
         rasters.read(Window(0, 1500, 512, 512))
+
+
+def test_a_classifier_fills_scores_and_classes_that_agree_and_alone_recomputes(
+    tmp_path: Path,
+) -> None:
+    """The classes raster and the GeoParquet tell the same story; a new classifier reruns
+    only classification (segmentation stays cached by tile hash)."""
+    import torch
+
+    from lisegagr_core.classify import ClassifierConfig, build_classifier, save_classifier
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(512, seed=6)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    truth = scene.instances.astype(np.int64)
+    classifiers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_classifier(ClassifierConfig(backbone="resnet18", input_size=64))
+        save_classifier(model, tmp_path / f"classifier{seed}.pt")
+        classifiers.append(str(tmp_path / f"classifier{seed}.pt"))
+
+    config = SMALL_TILES.model_copy(update={"classifier": classifiers[0]})
+    first = _run(path, truth, tmp_path / "out", config)
+    fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
+    mosaic = _mosaic_labels(tmp_path / "out")
+    labels, classes = mosaic["labels"].values, mosaic["classes"].values
+    assert fields["field_score"].between(0, 1).all()
+    assert set(fields["class"]) <= {1, 2}
+    for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
+        assert field_class == (1 if score >= 0.5 else 2)
+        assert (classes[labels == field_id] == field_class).all()
+    assert (classes[labels == 0] == 0).all()  # background with data
+    assert {s.status for s in first.statuses.values()} == {"computed"}
+
+    other = config.model_copy(update={"classifier": classifiers[1]})
+    second = _run(path, truth, tmp_path / "out", other)
+    assert {s.status for s in second.statuses.values()} == {"cached"}
+    assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 * len(first.statuses)
