@@ -129,3 +129,17 @@ def test_demo_maps_its_own_scene_with_the_region_flow_and_scores_it(tmp_path: Pa
     assert (tmp_path / "map" / "mosaic.zarr").exists() and (
         tmp_path / "map" / "fields.parquet"
     ).exists()
+
+
+def test_serve_builds_the_nightly_deployment_with_its_schedule(tmp_path: Path) -> None:
+    from lisegagr.cli_region import nightly_deployment
+
+    deployment = nightly_deployment(
+        "s3://imagery/county/", "s3://maps/county", "0 2 * * *", "vit_b", tmp_path, None, None
+    )
+    assert deployment.name == "lisegagr-nightly"
+    assert deployment.entrypoint.endswith("flows/nightly.py:nightly_flow")
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "0 2 * * *"
+    assert deployment.parameters["source"] == "s3://imagery/county/"
+    assert deployment.parameters["model"] == "vit_b"

@@ -226,3 +226,54 @@ def test_the_flow_classifies_every_field_and_the_outputs_agree(tmp_path: Path) -
         assert field_class == (1 if score >= 0.5 else 2)
         assert (classes[labels == field_id] == field_class).all()
     assert np.isin(classes, [0, 1, 2, 255]).all()
+
+
+def test_new_imagery_in_the_folder_computes_only_the_tiles_it_touches(tmp_path: Path) -> None:
+    """The nightly case: the grid is anchored in map space, so yesterday's tiles keep their
+    keys and hashes when a neighbouring raster appears in the source folder."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    from .flow_helpers import ORIGIN
+
+    scene = make_farmland_scene(1024, seed=8)
+    profile = dict(driver="GTiff", height=1024, count=3, dtype="uint8", crs="EPSG:32615")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+
+    def write_half(name: str, columns: slice, transform: Affine) -> None:
+        part = np.ascontiguousarray(scene.rgb[:, columns])
+        with rasterio.open(
+            folder / name, "w", width=part.shape[1], transform=transform, **profile
+        ) as dst:
+            dst.write(np.moveaxis(part, -1, 0))
+
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(
+        truth,
+        "w",
+        width=1024,
+        height=1024,
+        count=1,
+        dtype="uint32",
+        crs="EPSG:32615",
+        transform=ORIGIN,
+        driver="GTiff",
+    ) as dst:
+        dst.write(scene.instances[None])
+    write_half("west.tif", slice(0, 512), ORIGIN)
+    run = map_region.with_options(task_runner=task_runner(workers=1))
+    spec, out = GroundTruthSpec(str(truth)), str(tmp_path / "map")
+    first = run([str(folder)], out, TILES_256, spec)
+    assert first["counts"]["computed"] == 8  # 4 rows × 2 columns of 256-px tiles
+
+    write_half("east.tif", slice(512, 1024), ORIGIN @ Affine.translation(512, 0))
+    second = run([str(folder)], out, TILES_256, spec)
+    assert len(second["statuses"]) == 16
+    # halo 0: the west tiles see exactly what they saw yesterday
+    assert second["counts"] == {"computed": 8, "cached": 8, "empty": 0, "failed": 0}
+    west = {k for k, s in first["statuses"].items()}
+    assert {k for k, s in second["statuses"].items() if s["status"] == "cached"} == west
