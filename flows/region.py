@@ -101,8 +101,13 @@ def map_region(
     out: str,
     config: RegionConfig,
     source: SourceSpec,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Map one region with the current task runner; returns the run's summary."""
+    """Map one region with the current task runner; returns the run's summary.
+
+    storage_options: fsspec options for the sources (credentials, endpoints); by default
+    each filesystem reads its usual settings (AWS_* for s3://).
+    """
     started = time.perf_counter()
     paths = RegionPaths(out)
     rasters = open_rasters(
@@ -111,6 +116,7 @@ def map_region(
         upscale=config.upscale,
         upscale_model=config.upscale_model,
         align=config.core,
+        storage_options=storage_options,
     )
     grid = plan(rasters, config)
     model = source.describe()

@@ -277,3 +277,35 @@ def test_new_imagery_in_the_folder_computes_only_the_tiles_it_touches(tmp_path: 
     assert second["counts"] == {"computed": 8, "cached": 8, "empty": 0, "failed": 0}
     west = {k for k, s in first["statuses"].items()}
     assert {k for k, s in second["statuses"].items() if s["status"] == "cached"} == west
+
+
+def test_transient_storage_errors_on_the_first_reads_are_retried(tmp_path: Path) -> None:
+    import fsspec
+
+    from .flaky_storage import FlakyFileSystem, opens
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    imagery, truth = write_scene(tmp_path, size=256)
+    counter = tmp_path / "opens"
+    from lisegagr_core.rasters import open_rasters
+
+    # inspecting the raster (in the flow process) opens the file k times: no failure there;
+    # the next two opens, the tile's first reads on the worker, fail
+    open_rasters(
+        [f"flaky://{imagery}"],
+        storage_options={"counter": str(counter), "fail_from": 0, "fail_to": -1},
+    )
+    k = opens(counter)
+    counter.write_text("0")
+    rasters_options = {"counter": str(counter), "fail_from": k + 1, "fail_to": k + 2}
+    summary = map_region.with_options(task_runner=task_runner(workers=1))(
+        [f"flaky://{imagery}"],
+        str(tmp_path / "out"),
+        TILES_256,
+        GroundTruthSpec(str(truth)),
+        storage_options=rasters_options,
+    )
+    assert summary["counts"] == {"computed": 1, "cached": 0, "empty": 0, "failed": 0}
+    assert opens(counter) >= k + 3  # inspection, two failed reads, then reads that worked
+    failed_reads = Path(f"{counter}.failed").read_text().split()
+    assert failed_reads == [str(imagery)] * 2  # the tile's pixels, not a side file
