@@ -136,10 +136,19 @@ def test_a_corrupt_tile_fails_alone_and_resume_computes_just_that_tile(tmp_path:
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["state"] == "failed tiles"
 
+    from typer.testing import CliRunner
+
+    from lisegagr.cli import app
+
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "out")])
+    assert "failed" in status.output and "could not be read" in status.output
+
     imagery.write_bytes(original)  # the source is fixed
-    second = run([str(imagery)], str(tmp_path / "out"), TILES_256, spec)
+    resumed = CliRunner().invoke(app, ["resume", str(tmp_path / "out"), "--workers", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    second = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert second["counts"] == {"computed": 1, "cached": 8, "empty": 0, "failed": 0}
-    assert second["statuses"][failed[0]]["status"] == "computed"
+    assert second["tiles"][failed[0]]["status"] == "computed"
 
 
 RUNNER = """
