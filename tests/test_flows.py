@@ -318,3 +318,45 @@ def test_transient_storage_errors_on_the_first_reads_are_retried(tmp_path: Path)
     assert opens(counter) >= k + 3  # inspection, two failed reads, then reads that worked
     failed_reads = Path(f"{counter}.failed").read_text().split()
     assert failed_reads == [str(imagery)] * 2  # the tile's pixels, not a side file
+
+
+def test_a_worker_killed_mid_run_loses_no_tile(
+    cluster: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """SIGKILL the GPU worker's process mid-run: its nanny restarts it, Dask reruns what it
+    held, and the run completes with every tile."""
+    import threading
+
+    from distributed import Client
+
+    address, _ = cluster
+    imagery, truth = write_scene(tmp_path, size=1536, seed=9)  # 36 tiles
+    out = tmp_path / "out"
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = map_region.with_options(
+                task_runner=task_runner(scheduler=address)
+            )([str(imagery)], str(out), TILES_256, GroundTruthSpec(str(truth)))
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    flow = threading.Thread(target=run)
+    flow.start()
+    deadline = time.monotonic() + 240
+    while len(list((out / "tiles").glob("*.npz"))) < 4:
+        assert flow.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.1)
+    gpu_worker = _gpu_worker_address(address)
+    with Client(address) as client:
+        pid = client.run(os.getpid, workers=[gpu_worker])[gpu_worker]
+    os.kill(pid, signal.SIGKILL)
+    flow.join(timeout=300)
+    assert not flow.is_alive()
+    assert "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert isinstance(summary, dict)
+    assert summary["counts"]["failed"] == 0
+    assert summary["counts"]["computed"] + summary["counts"]["cached"] == 36
+    assert len(list((out / "tiles").glob("*.npz"))) == 36
