@@ -19,6 +19,7 @@ from lisegagr_core.config import RegionConfig
 from lisegagr_core.source_specs import GroundTruthSpec
 
 from .flow_helpers import corrupt_block, write_scene
+from .test_s3 import _bucket, aws_env, s3_endpoint  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
@@ -360,3 +361,39 @@ def test_a_worker_killed_mid_run_loses_no_tile(
     assert summary["counts"]["failed"] == 0
     assert summary["counts"]["computed"] + summary["counts"]["cached"] == 36
     assert len(list((out / "tiles").glob("*.npz"))) == 36
+
+
+@pytest.mark.usefixtures("aws_env")  # before the cluster starts: the workers inherit it
+def test_tiny_sam_on_s3_imagery_through_an_existing_cluster(
+    cluster: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Real processes on 127.0.0.1: moto's S3, a Prefect server, a scheduler, a GPU and a CPU
+    worker; the tiny SAM reads from a bucket and writes the mosaic to a bucket."""
+    import xarray as xr
+
+    from flows.region import sam_source
+    from lisegagr_core.config import load_region_config
+
+    address, _ = cluster
+    imagery, _ = write_scene(tmp_path, size=512, seed=2)
+    fs = _bucket("county")
+    fs.put(str(imagery), "county/naip/scene.tif")  # type: ignore[attr-defined]
+    source, settings = sam_source("tiny", None, "cpu")
+    config = load_region_config(
+        None,
+        {
+            "core": 256,
+            "halo": 32,
+            "engine.amg.points_per_side": 4,
+            "engine.amg.pred_iou_thresh": 0.0,
+            "engine.amg.stability_score_thresh": 0.0,
+        },
+        model_settings=settings,
+    )
+    summary = map_region.with_options(task_runner=task_runner(scheduler=address))(
+        ["s3://county/naip/"], "s3://county/map", config, source
+    )
+    assert summary["state"] == "complete" and summary["counts"]["computed"] == 4
+    assert {s["worker"] for s in summary["statuses"].values()} == {_gpu_worker_address(address)}
+    mosaic = xr.open_zarr("s3://county/map/mosaic.zarr", consolidated=False)
+    assert int(mosaic["labels"].max()) == summary["fields"] > 0
