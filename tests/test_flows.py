@@ -397,3 +397,39 @@ def test_tiny_sam_on_s3_imagery_through_an_existing_cluster(
     assert {s["worker"] for s in summary["statuses"].values()} == {_gpu_worker_address(address)}
     mosaic = xr.open_zarr("s3://county/map/mosaic.zarr", consolidated=False)
     assert int(mosaic["labels"].max()) == summary["fields"] > 0
+
+
+def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_path: Path) -> None:
+    """The segmentation task halves AMG's prompt batch until the tile fits (simulated OOM)."""
+    import torch
+
+    from lisegagr_core.config import AmgSettings
+    from lisegagr_core.grid import TileSpec
+    from lisegagr_core.rasters import open_rasters
+    from lisegagr_core.region import RegionPaths, hash_stage, plan
+    from lisegagr_core.sources import MaskSource
+    from tasks.tiles import segment_tile
+
+    imagery, truth = write_scene(tmp_path, size=256)
+    truth_spec = GroundTruthSpec(str(truth))
+    batches: list[int] = []
+
+    class TightMemory:
+        """A mask source spec whose device holds at most 16 prompts at once."""
+
+        model_id = "tight-memory"
+
+        def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
+            batches.append(amg.points_per_batch)
+            if amg.points_per_batch > 16:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return truth_spec.build(tile, amg, transform)  # type: ignore[arg-type]
+
+    rasters = open_rasters([str(imagery)], align=256)
+    (spec,) = list(plan(rasters, TILES_256))
+    digest = hash_stage(rasters, spec, TILES_256, "tight-memory")[1]
+    status = segment_tile.fn(
+        rasters, spec, digest, TILES_256, TightMemory(), RegionPaths(str(tmp_path))
+    )  # type: ignore[arg-type]
+    assert status.status == "computed"
+    assert batches == [64, 32, 16]
