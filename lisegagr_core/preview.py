@@ -37,7 +37,7 @@ def render_preview(
     max_side: int = 2048,
     storage_options: dict[str, Any] | None = None,
 ) -> NDArray[np.uint8]:
-    """(h, w, 3) uint8: imagery of `bbox` (map coordinates; None: everything) with outlines.
+    """(h, w, 3) uint8: imagery of `bbox` (map coordinates; None: all the imagery) with outlines.
 
     Read block by block and decimated to at most `max_side` pixels a side, so a county-sized
     mosaic previews in bounded memory.
@@ -52,7 +52,7 @@ def render_preview(
         storage_options=storage_options,
     )
     height, width = rasters.height, rasters.width
-    window = Window(0, 0, width, height)
+    window = rasters.data_window
     if bbox is not None:
         window = from_bounds(*bbox, transform=rasters.transform).round_offsets().round_lengths()
         if not windows.intersect(window, Window(0, 0, width, height)):

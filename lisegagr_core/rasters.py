@@ -102,6 +102,16 @@ class RasterSet:
         """Output-grid pixel → map coordinates."""
         return self.source_transform @ Affine.scale(1 / self.upscale)
 
+    @property
+    def data_window(self) -> Window:
+        """The output-grid window that the rasters cover (the grid may extend beyond it)."""
+        up = self.upscale
+        row0 = min(r.offset[0] for r in self.rasters)
+        col0 = min(r.offset[1] for r in self.rasters)
+        row1 = max(r.offset[0] + r.height for r in self.rasters)
+        col1 = max(r.offset[1] + r.width for r in self.rasters)
+        return Window(col0 * up, row0 * up, (col1 - col0) * up, (row1 - row0) * up)
+
     def describe(self) -> dict[str, Any]:
         """What a run records of its input."""
         return {
