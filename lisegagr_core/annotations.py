@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import shapely
@@ -285,3 +285,33 @@ def _load_json(path: str | Path) -> Any:
         raise InputError(
             f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})."
         ) from None
+
+
+#: The annotation layouts the readers of this module understand.
+AnnotationLayout = Literal["via", "labelme", "geojson"]
+
+
+def annotation_layout(path: str | Path) -> AnnotationLayout | None:
+    """Which reader a JSON file needs, told by its top-level layout: "via", "labelme",
+    "geojson", or None for JSON of another kind. Unreadable JSON raises `InputError`."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not a readable JSON file ({exc}).") from None
+    if not isinstance(raw, dict):
+        return None
+    if raw.get("type") in ("FeatureCollection", "Feature"):
+        return "geojson"
+    if "shapes" in raw and "imagePath" in raw:
+        return "labelme"
+    entries = raw.get("_via_img_metadata", raw)
+    if (
+        isinstance(entries, dict)
+        and entries
+        and all(isinstance(entry, dict) and "regions" in entry for entry in entries.values())
+    ):
+        return "via"
+    return None

@@ -15,7 +15,6 @@ The classifier's dataset builder and `lisegagr eval` both read their polygons he
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from lisegagr_core.annotations import (
     FIELD_LABEL,
     AnnotatedPolygon,
+    annotation_layout,
     read_labelme,
     read_via,
 )
@@ -97,7 +97,7 @@ def read_polygon_sets(path: str | Path) -> list[PolygonSet]:
     if not file.is_file():
         raise InputError(f"{file}: no such file.")
     if file.suffix.lower() == ".json":
-        layout = _json_layout(file)
+        layout = annotation_layout(file)
         if layout == "via":
             return [
                 PolygonSet(file, tuple(polygons), image=name)
@@ -153,26 +153,6 @@ def place_polygons(
     if dropped:
         log.info("%s: %d polygons outside %s dropped", polygon_set.source, dropped, image_name)
     return [item for item, keep in zip(polygons, inside, strict=True) if keep]
-
-
-def _json_layout(path: Path) -> str | None:
-    """A JSON file's layout by its top level: "via", "labelme", "geojson", or None."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a readable JSON file ({exc}).") from None
-    if not isinstance(raw, dict):
-        return None
-    if raw.get("type") in ("FeatureCollection", "Feature"):
-        return "geojson"
-    if "shapes" in raw and "imagePath" in raw:
-        return "labelme"
-    entries = raw.get("_via_img_metadata", raw)
-    if isinstance(entries, dict) and all(
-        isinstance(entry, dict) and "regions" in entry for entry in entries.values()
-    ):
-        return "via"
-    return None
 
 
 def _read_map_polygons(path: Path) -> PolygonSet:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -32,6 +32,7 @@ from shapely.geometry import Polygon, box, mapping, shape
 
 from lisegagr_core.annotations import (
     AnnotatedPolygon,
+    annotation_layout,
     rasterize_instances,
     read_geojson,
     read_labelme,
@@ -47,8 +48,6 @@ PADDING_LABEL = -1
 
 _RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
 _WGS84 = CRS.from_epsg(4326)
-
-AnnotationKind = Literal["via", "labelme", "geojson"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ def find_annotated_images(data: Path) -> list[AnnotatedSource]:
         candidates = [data]
     sources: list[AnnotatedSource] = []
     for path in candidates:
-        kind = _annotation_kind(path)
+        kind = annotation_layout(path)
         if kind is None:
             if data.is_dir():
                 log.info("%s is not an annotation file; skipped", path)
@@ -240,30 +239,6 @@ def load_training_set(data: Path, size: int, val_fraction: float, seed: int) -> 
         (validation if scene.name in held_out else train).append(to_training_image(scene, size))
     log.info("%d training and %d validation images from %s", len(train), len(validation), data)
     return TrainingSet(source=str(data), train=tuple(train), validation=tuple(validation))
-
-
-def _annotation_kind(path: Path) -> AnnotationKind | None:
-    """Which reader a JSON file needs, told by its top-level layout; None for other files."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a readable JSON file ({exc}).") from None
-    if not isinstance(raw, dict):
-        return None
-    if raw.get("type") in ("FeatureCollection", "Feature"):
-        return "geojson"
-    if "shapes" in raw and "imagePath" in raw:
-        return "labelme"
-    entries = raw.get("_via_img_metadata", raw)
-    if (
-        isinstance(entries, dict)
-        and entries
-        and all(isinstance(entry, dict) and "regions" in entry for entry in entries.values())
-    ):
-        return "via"
-    return None
 
 
 def _via_sources(path: Path) -> list[AnnotatedSource]:
