@@ -30,9 +30,6 @@ weights_app = typer.Typer(
     no_args_is_help=True, help="Segment Anything checkpoints: list and fetch."
 )
 app.add_typer(weights_app, name="weights")
-from lisegagr.cli_model import model_app  # noqa: E402
-
-app.add_typer(model_app, name="model")
 
 console = Console(stderr=True)
 out = Console()
@@ -268,4 +265,4 @@ def weights_fetch(
 
 # Commands defined in sibling modules register themselves on `app` when imported.
 import lisegagr.cli_classifier  # noqa: E402, F401
-from lisegagr import cli_region  # noqa: E402, F401
+from lisegagr import cli_model, cli_region  # noqa: E402, F401

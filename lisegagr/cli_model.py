@@ -18,9 +18,9 @@ from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lisegagr.cli import _fail, _say, app, out
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest
 
@@ -28,9 +28,8 @@ model_app = typer.Typer(
     no_args_is_help=True,
     help="Train the project's own SAM on field polygons, and evaluate it.",
 )
+app.add_typer(model_app, name="model")
 
-console = Console(stderr=True)
-out = Console()
 log = logging.getLogger("lisegagr")
 
 MANIFEST_NAME = "manifest.json"
@@ -64,17 +63,6 @@ WeightsDir = Annotated[
         help="Where the manifest and the checkpoints are.",
     ),
 ]
-
-
-def _say(prefix: str, message: str) -> None:
-    """One message on stderr, never wrapped mid-sentence (tools and tests grep for it)."""
-    console.print(f"{prefix} ", end="")
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _say("[bold red]error:[/]", message)
-    return typer.Exit(code=2)
 
 
 def _set_threads(threads: int | None) -> None:
