@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,8 +31,9 @@ class AmgSettings(_Settings):
 
     points_per_side: int = Field(32, ge=1)
     """Point prompts per side of the grid."""
-    points_per_batch: int = Field(64, ge=1)
-    """Point prompts decoded per batch."""
+    points_per_batch: int | None = Field(None, ge=1)
+    """Point prompts decoded per batch; None: as many as the device holds (the fast
+    generator, up to the whole grid) or 64 (segment_anything's generator)."""
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
     """Keep masks whose predicted IoU is above this."""
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
@@ -45,6 +46,20 @@ class AmgSettings(_Settings):
     """AMG's own multi-crop layers (0: whole image only)."""
     min_mask_region_area: int = Field(0, ge=0)
     """AMG's hole/island clean-up area (0: off)."""
+    generator: Literal["fast", "segment-anything"] = "fast"
+    """`fast`: the same masks, filtered on low-resolution logits before upsampling and kept
+    on the device (`lisegagr_core.fast_amg`); `segment-anything`: its own generator."""
+    encoder_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Image encoder precision of the fast generator; auto: bf16 on CUDA, fp32 elsewhere."""
+    compile_encoder: bool = False
+    """Wrap the image encoder in torch.compile (pays off on CUDA over many tiles)."""
+
+    def segment_anything_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `SamAutomaticMaskGenerator` these settings stand for."""
+        kwargs = self.model_dump(exclude={"generator", "encoder_precision", "compile_encoder"})
+        if kwargs["points_per_batch"] is None:
+            kwargs["points_per_batch"] = 64
+        return kwargs
 
 
 class WhiteningSettings(_Settings):

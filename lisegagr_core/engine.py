@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,7 +27,7 @@ from lisegagr_core.masks import (
     stage_name,
     white_fraction,
 )
-from lisegagr_core.refine import RefinementReport, refine_masks
+from lisegagr_core.refine import RefinementReport, refine_masks_many
 from lisegagr_core.sources import MaskSource
 from lisegagr_core.whitening import unsegmented_fraction, white_pixels, whiten
 
@@ -85,36 +86,55 @@ def iterative_rounds(
 
     image: (H, W, 3) uint8. Returns every kept mask of every round (stage = its round).
     """
-    shape = image.shape[:2]
-    full = Window(0, 0, shape[1], shape[0])
-    pooled: list[MaskSet] = []
-    reports: list[RoundReport] = []
-    seen = image
+    return iterative_rounds_many([image], source, settings)[0]
+
+
+def iterative_rounds_many(
+    images: Sequence[NDArray[np.uint8]], source: MaskSource, settings: RoundSettings
+) -> list[tuple[MaskSet, list[RoundReport]]]:
+    """`iterative_rounds` over several images in lockstep.
+
+    Round k of every image that still needs it is one `generate_many` call, so a source
+    that batches (the fast SAM generator) encodes those images together. Each image stops
+    on its own, when its rounds are spent or too little of it is left unsegmented. A round's
+    seconds are the shared call's, divided evenly among the images in it.
+    """
+    seen = list(images)
+    pooled: list[list[MaskSet]] = [[] for _ in images]
+    reports: list[list[RoundReport]] = [[] for _ in images]
+    active = list(range(len(images)))
     for round_number in range(1, settings.max_rounds + 1):
         started = time.perf_counter()
-        proposed = source.generate(seen, full)
-        kept = proposed
-        if round_number > 1:
-            on_white = white_fraction(proposed, white_pixels(seen))
-            kept = proposed.select(on_white < _white_drop(settings, round_number))
-        pooled.append(kept.with_stage(round_number))
-        reports.append(
-            RoundReport(
-                round_number,
-                len(proposed),
-                len(kept),
-                unsegmented_fraction(seen),
-                time.perf_counter() - started,
+        windows = [Window(0, 0, seen[i].shape[1], seen[i].shape[0]) for i in active]
+        proposals = source.generate_many([seen[i] for i in active], windows)
+        seconds = (time.perf_counter() - started) / max(len(active), 1)
+        still_active = []
+        for i, proposed in zip(active, proposals, strict=True):
+            kept = proposed
+            if round_number > 1:
+                on_white = white_fraction(proposed, white_pixels(seen[i]))
+                kept = proposed.select(on_white < _white_drop(settings, round_number))
+            pooled[i].append(kept.with_stage(round_number))
+            reports[i].append(
+                RoundReport(
+                    round_number, len(proposed), len(kept), unsegmented_fraction(seen[i]), seconds
+                )
             )
-        )
-        log.debug("round %d: %d proposed, %d kept", round_number, len(proposed), len(kept))
-        if round_number == settings.max_rounds:
+            log.debug("round %d: %d proposed, %d kept", round_number, len(proposed), len(kept))
+            if round_number == settings.max_rounds:
+                continue
+            shape = seen[i].shape[:2]
+            covered = MaskSet.concat(pooled[i], shape).union()
+            seen[i] = whiten(seen[i], covered, round_number + 1, settings.whitening)
+            if unsegmented_fraction(seen[i]) >= settings.min_unsegmented_fraction:
+                still_active.append(i)
+        active = still_active
+        if not active:
             break
-        covered = MaskSet.concat(pooled, shape).union()
-        seen = whiten(seen, covered, round_number + 1, settings.whitening)
-        if unsegmented_fraction(seen) < settings.min_unsegmented_fraction:
-            break
-    return MaskSet.concat(pooled, shape), reports
+    return [
+        (MaskSet.concat(masks, image.shape[:2]), report)
+        for masks, report, image in zip(pooled, reports, images, strict=True)
+    ]
 
 
 def merge_rounds(masks: MaskSet, config: EngineConfig) -> MaskSet:
@@ -128,28 +148,52 @@ def segment_image(
     image: NDArray[np.uint8], source: MaskSource, config: EngineConfig
 ) -> Segmentation:
     """Run the whole method (steps 1 and 2 of the algorithm) on `image` (H, W, 3) uint8."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    pooled, rounds = iterative_rounds(image, source, config.rounds)
-    merged = merge_rounds(pooled, config)
-    report = None
-    final = merged
+    return segment_images([image], source, config)[0]
+
+
+def segment_images(
+    images: Sequence[NDArray[np.uint8]], source: MaskSource, config: EngineConfig
+) -> list[Segmentation]:
+    """`segment_image` over several images (tiles) at once, each with the same result.
+
+    Their rounds run in lockstep and all their refinement crops go to the source in one
+    call, so a batching source (the fast SAM generator) fills its encoder batches.
+    """
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    rounds = iterative_rounds_many(images, source, config.rounds)
+    merged = [merge_rounds(pooled, config) for pooled, _ in rounds]
+    finals = merged
+    reports: list[RefinementReport | None] = [None] * len(images)
     if config.refine.enabled:
-        refined, report = refine_masks(image, merged, source, config.refine)
-        refined = dedup_keep_larger(
-            split_components(refined, config.min_component_area), config.refine.refined_dedup_iou
+        refinements = refine_masks_many(images, merged, source, config.refine)
+        finals = []
+        for i, (refined, report) in enumerate(refinements):
+            refined = dedup_keep_larger(
+                split_components(refined, config.min_component_area),
+                config.refine.refined_dedup_iou,
+            )
+            finals.append(
+                dedup_keep_larger(
+                    MaskSet.concat([merged[i], refined], merged[i].shape),
+                    config.refine.final_dedup_iou,
+                )
+            )
+            reports[i] = report
+    results = []
+    for final, (_, round_reports), refinement in zip(finals, rounds, reports, strict=True):
+        parts = partition(final, config.min_component_area)
+        results.append(
+            Segmentation(
+                labels=parts.labels,
+                instances=_instances(parts.labels, final, parts.source_index),
+                rounds=round_reports,
+                refinement=refinement,
+                masks=final,
+            )
         )
-        final = dedup_keep_larger(
-            MaskSet.concat([merged, refined], merged.shape), config.refine.final_dedup_iou
-        )
-    parts = partition(final, config.min_component_area)
-    return Segmentation(
-        labels=parts.labels,
-        instances=_instances(parts.labels, final, parts.source_index),
-        rounds=rounds,
-        refinement=report,
-        masks=final,
-    )
+    return results
 
 
 def _instances(

@@ -8,6 +8,7 @@ everything outside the mask white) and the mask source runs again on that crop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -114,26 +115,45 @@ def refine_masks(
     image: NDArray[np.uint8], masks: MaskSet, source: MaskSource, settings: RefineSettings
 ) -> tuple[MaskSet, RefinementReport]:
     """New masks (stage `STAGE_REFINED`, tile coordinates) from re-segmenting suspect masks."""
-    candidates = int((masks.areas > settings.min_area).sum())
-    flagged = find_under_segmented(image, masks, settings)
-    found: list[MaskSet] = []
-    for i in flagged:
-        window = _box_window(masks.boxes[i], masks.shape)
-        crop = _cut_out(image, masks.masks[i], window)
-        pieces = source.generate(crop, window)
+    return refine_masks_many([image], [masks], source, settings)[0]
+
+
+def refine_masks_many(
+    images: Sequence[NDArray[np.uint8]],
+    masks: Sequence[MaskSet],
+    source: MaskSource,
+    settings: RefineSettings,
+) -> list[tuple[MaskSet, RefinementReport]]:
+    """`refine_masks` for several images; every crop of every image in one source call."""
+    flagged = [find_under_segmented(im, m, settings) for im, m in zip(images, masks, strict=True)]
+    owners, crops, windows = [], [], []
+    for k, (image, image_masks, indices) in enumerate(zip(images, masks, flagged, strict=True)):
+        for i in indices:
+            window = _box_window(image_masks.boxes[i], image_masks.shape)
+            owners.append(k)
+            crops.append(_cut_out(image, image_masks.masks[i], window))
+            windows.append(window)
+    found: list[list[MaskSet]] = [[] for _ in images]
+    for owner, crop, window, pieces in zip(
+        owners, crops, windows, source.generate_many(crops, windows) if crops else [], strict=True
+    ):
         pieces = pieces.select(
             white_fraction(pieces, white_pixels(crop)) < settings.crop_white_drop
         )
         if len(pieces):
-            found.append(_place(pieces, window, masks.shape))
-    refined = MaskSet.concat(found, masks.shape).with_stage(STAGE_REFINED)
-    log.debug(
-        "refinement: %d candidates, %d under-segmented, %d new masks",
-        candidates,
-        len(flagged),
-        len(refined),
-    )
-    return refined, RefinementReport(candidates, len(flagged), len(refined))
+            found[owner].append(_place(pieces, window, masks[owner].shape))
+    results = []
+    for image_masks, indices, pieces_found in zip(masks, flagged, found, strict=True):
+        refined = MaskSet.concat(pieces_found, image_masks.shape).with_stage(STAGE_REFINED)
+        candidates = int((image_masks.areas > settings.min_area).sum())
+        log.debug(
+            "refinement: %d candidates, %d under-segmented, %d new masks",
+            candidates,
+            len(indices),
+            len(refined),
+        )
+        results.append((refined, RefinementReport(candidates, len(indices), len(refined))))
+    return results
 
 
 def _place(pieces: MaskSet, window: Window, shape: tuple[int, int]) -> MaskSet:

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from segment_anything import SamAutomaticMaskGenerator
 
 from lisegagr_core.config import AmgSettings
+from lisegagr_core.fast_amg import FastMaskGenerator
 from lisegagr_core.masks import MaskSet
 from lisegagr_core.whitening import white_pixels
 
@@ -36,19 +37,48 @@ class MaskSource(Protocol):
         """Masks over `image` (H, W, 3) uint8, which is `region` of the tile."""
         ...
 
+    def generate_many(
+        self, images: Sequence[NDArray[np.uint8]], regions: Sequence[Window]
+    ) -> list[MaskSet]:
+        """`generate` over several images, in order (a source may batch them)."""
+        ...
+
 
 class SamMaskSource:
-    """Segment Anything's automatic mask generator over a loaded SAM (any size, any device)."""
+    """Segment Anything's automatic mask generation over a loaded SAM (any size, any device).
+
+    `settings.generator` picks the fast generator (default; same masks, see `fast_amg`) or
+    segment_anything's own `SamAutomaticMaskGenerator`.
+    """
 
     def __init__(self, sam: LoadedSam, settings: AmgSettings) -> None:
         self.sam = sam
         self.settings = settings
         self.name = f"sam-amg:{sam.name}"
-        self._generator = SamAutomaticMaskGenerator(sam.model, **settings.model_dump())
+        self._fast: FastMaskGenerator | None = None
+        self._vanilla: SamAutomaticMaskGenerator | None = None
+        if settings.generator == "fast":
+            self._fast = FastMaskGenerator(sam.model, settings)
+        else:
+            self._vanilla = SamAutomaticMaskGenerator(
+                sam.model, **settings.segment_anything_kwargs()
+            )
+
+    def generate(self, image: NDArray[np.uint8], region: Window) -> MaskSet:
+        return self.generate_many([image], [region])[0]
 
     @torch.inference_mode()
-    def generate(self, image: NDArray[np.uint8], region: Window) -> MaskSet:
-        records = self._generator.generate(image)
+    def generate_many(
+        self, images: Sequence[NDArray[np.uint8]], regions: Sequence[Window]
+    ) -> list[MaskSet]:
+        """Masks of several images; the fast generator encodes them in shared batches."""
+        if self._fast is not None:
+            return [masks.to_mask_set() for masks in self._fast.generate_batch(images)]
+        return [self._generate_vanilla(image) for image in images]
+
+    def _generate_vanilla(self, image: NDArray[np.uint8]) -> MaskSet:
+        assert self._vanilla is not None
+        records = self._vanilla.generate(image)
         if not records:
             return MaskSet.empty(image.shape[:2])
         return MaskSet.from_masks(
@@ -85,6 +115,11 @@ class GroundTruthMaskSource:
         self.seed = seed
         self.calls = 0
         self.name = "ground-truth"
+
+    def generate_many(
+        self, images: Sequence[NDArray[np.uint8]], regions: Sequence[Window]
+    ) -> list[MaskSet]:
+        return [self.generate(image, region) for image, region in zip(images, regions, strict=True)]
 
     def _fraction(self, fractions: tuple[float, ...], call: int) -> float:
         return fractions[call] if call < len(fractions) else 0.0

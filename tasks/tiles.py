@@ -109,12 +109,14 @@ def segment_tile(
             )
             break
         except Exception as exc:
-            if not _is_cuda_oom(exc) or amg.points_per_batch <= 1:
+            # None (sized to the device) tried at most the whole grid: halve from there.
+            batch = amg.points_per_batch or amg.points_per_side**2
+            if not _is_cuda_oom(exc) or batch <= 1:
                 raise
             import torch
 
             torch.cuda.empty_cache()
-            amg = amg.model_copy(update={"points_per_batch": amg.points_per_batch // 2})
+            amg = amg.model_copy(update={"points_per_batch": batch // 2})
             log.warning(
                 "%s: CUDA out of memory, retrying with %d prompts per batch",
                 spec.key,

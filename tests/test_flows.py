@@ -421,15 +421,21 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
 
         def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
             batches.append(amg.points_per_batch)
-            if amg.points_per_batch > 16:
+            if amg.points_per_batch is None or amg.points_per_batch > 16:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return truth_spec.build(tile, amg, transform)  # type: ignore[arg-type]
 
     rasters = open_rasters([str(imagery)], align=256)
     (spec,) = list(plan(rasters, TILES_256))
     digest = hash_stage(rasters, spec, TILES_256, "tight-memory")[1]
+    config = TILES_256.model_copy(
+        update={
+            "engine": TILES_256.engine.model_copy(update={"amg": AmgSettings(points_per_side=8)})
+        }
+    )
     status = segment_tile.fn(
-        rasters, spec, digest, TILES_256, TightMemory(), RegionPaths(str(tmp_path))
+        rasters, spec, digest, config, TightMemory(), RegionPaths(str(tmp_path))
     )  # type: ignore[arg-type]
     assert status.status == "computed"
-    assert batches == [64, 32, 16]
+    # Sized to the device first (the whole 8x8 grid at most), then halved until it fits.
+    assert batches == [None, 32, 16]

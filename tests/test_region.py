@@ -193,6 +193,9 @@ class _FailsOn:
     def generate(self, image: np.ndarray, region: Window):  # type: ignore[no-untyped-def]
         raise RuntimeError(f"tile {self.key} is corrupt")
 
+    def generate_many(self, images, regions):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"tile {self.key} is corrupt")
+
 
 def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
     from lisegagr_core.synthetic import make_farmland_scene

@@ -1,0 +1,369 @@
+"""Automatic mask generation with segment_anything's results at a fraction of its cost.
+
+`SamAutomaticMaskGenerator` upsamples every prompt's three candidate masks to the full image
+before it filters them, run-length encodes every survivor on the CPU, and decodes the point
+grid 64 prompts at a time. On a tile most candidates fail the predicted-IoU or stability
+filter, so most of that work is thrown away. `FastMaskGenerator` keeps the same decisions
+and changes where they are taken:
+
+1. the prompt grid is decoded in batches sized to the device (the whole grid where memory
+   allows);
+2. candidates are filtered by predicted IoU, then by the stability score of the decoder's
+   low-resolution logits, `margin` below the threshold (that score runs close to the
+   full-resolution one, mostly above it: a mask the full-resolution test would keep is
+   lost only if its low-resolution score is more than `margin` lower);
+3. only the survivors are upsampled (exactly as `Sam.postprocess_masks` does), and their
+   stability is checked again at full resolution with the real threshold: the masks kept
+   are the ones segment_anything keeps;
+4. boxes and box NMS (`torchvision.ops.batched_nms`) run on the device, and the masks stay
+   there as a boolean tensor: no run-length round trip.
+
+Several images (tiles, refinement crops) can share one encoder call
+(`FastMaskGenerator.generate_batch`). `timings` accumulates seconds per stage (encoder,
+decoder, post-processing) for benchmarks; with `synchronize=True` they are exact on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+from torchvision.ops import batched_nms, box_area
+
+from lisegagr_core.config import AmgSettings
+from lisegagr_core.encoder import ImageEncoder
+from lisegagr_core.masks import MaskSet
+
+# segment_anything's defaults for the crop settings AmgSettings does not expose.
+_CROP_OVERLAP_RATIO = 512 / 1500
+_CROP_NMS_THRESH = 0.7
+#: Bytes of decoder activations per prompt, per channel of the image embedding and per cell
+#: of its grid (measured on SAM's mask decoder: the repeated embedding, the two upscaling
+#: stages and the three output masks, in fp32, with headroom).
+_DECODER_BYTES_PER_PROMPT_CELL = 96
+#: Share of free device memory the decoder may plan to use for one prompt batch.
+_DECODER_MEMORY_SHARE = 0.5
+#: Prompt batch on the CPU, where memory is not the limit but cache locality is.
+_CPU_PROMPT_BATCH = 256
+#: Survivors upsampled per step (bounds the full-resolution float buffer).
+_UPSAMPLE_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class GeneratedMasks:
+    """Masks of one image, on the generator's device, best predicted IoU first.
+
+    masks: (N, H, W) bool; boxes: (N, 4) XYXY inclusive; points: (N, 2) the prompt (x, y).
+    """
+
+    masks: torch.Tensor
+    predicted_iou: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    points: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def to_mask_set(self) -> MaskSet:
+        """The masks as a `MaskSet` (one device-to-host copy of the boolean masks)."""
+        return MaskSet.from_masks(
+            self.masks.cpu().numpy(),
+            predicted_iou=self.predicted_iou.float().cpu().numpy(),
+            stability=self.stability.float().cpu().numpy(),
+        )
+
+
+@dataclass
+class _Candidates:
+    """Per-crop state while its prompt batches are decoded: low-res logits that survived."""
+
+    logits: list[torch.Tensor]
+    iou: list[torch.Tensor]
+    points: list[torch.Tensor]
+
+
+class FastMaskGenerator:
+    """segment_anything's automatic mask generator, filtering before it upsamples.
+
+    settings: the same AMG settings `SamAutomaticMaskGenerator` takes (`points_per_batch`
+    None sizes prompt batches to the device). margin: how far below the stability threshold
+    a candidate's low-resolution stability may be and still be upsampled and checked.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        settings: AmgSettings,
+        *,
+        encoder: ImageEncoder | None = None,
+        margin: float = 0.05,
+        synchronize: bool = False,
+    ) -> None:
+        self.sam = sam
+        self.settings = settings
+        self.encoder = encoder or ImageEncoder(
+            sam, precision=settings.encoder_precision, compile=settings.compile_encoder
+        )
+        self.device = sam.device
+        self.margin = margin
+        self.synchronize = synchronize
+        self.point_grids = build_all_layer_point_grids(
+            settings.points_per_side, settings.crop_n_layers, 1
+        )
+        self.timings: dict[str, float] = defaultdict(float)
+        #: Masks seen per stage: decoded, past the predicted-IoU filter, upsampled, kept.
+        self.counts: dict[str, int] = defaultdict(int)
+
+    # -- public ------------------------------------------------------------------------
+
+    def generate(self, image: NDArray[np.uint8]) -> GeneratedMasks:
+        """Masks of one (H, W, 3) uint8 image."""
+        return self.generate_batch([image])[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, images: Sequence[NDArray[np.uint8]]) -> list[GeneratedMasks]:
+        """Masks of several images; all their crops go through the encoder together."""
+        jobs: list[tuple[int, list[int], int]] = []
+        for index, image in enumerate(images):
+            size = (image.shape[0], image.shape[1])
+            boxes, layers = generate_crop_boxes(
+                size, self.settings.crop_n_layers, _CROP_OVERLAP_RATIO
+            )
+            jobs.extend((index, box, layer) for box, layer in zip(boxes, layers, strict=True))
+        crops = [images[i][box[1] : box[3], box[0] : box[2]] for i, box, _ in jobs]
+        with self._timed("encoder"):
+            features = self.encoder.encode(crops) if crops else None
+        per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
+        for j, (index, box, layer) in enumerate(jobs):
+            assert features is not None
+            size = (images[index].shape[0], images[index].shape[1])
+            per_image[index].append(self._crop(features[j : j + 1], crops[j], box, layer, size))
+        return [
+            self._combine(parts, image.shape[:2])
+            for parts, image in zip(per_image, images, strict=True)
+        ]
+
+    def prompt_batch(self) -> int:
+        """Prompts decoded at once: the setting, else as many as the device holds."""
+        if self.settings.points_per_batch is not None:
+            return self.settings.points_per_batch
+        total = len(self.point_grids[0])
+        if self.device.type != "cuda":
+            return min(total, _CPU_PROMPT_BATCH)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        channels, grid = self.sam.prompt_encoder.embed_dim, self.sam.image_encoder.img_size // 16
+        per_prompt = _DECODER_BYTES_PER_PROMPT_CELL * channels * grid * grid
+        return max(1, min(total, int(free * _DECODER_MEMORY_SHARE) // per_prompt))
+
+    # -- stages ------------------------------------------------------------------------
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        if self.synchronize and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        yield
+        if self.synchronize and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[stage] += time.perf_counter() - started
+
+    def _crop(
+        self,
+        features: torch.Tensor,
+        crop: NDArray[np.uint8],
+        crop_box: list[int],
+        layer: int,
+        image_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """Masks of one crop: decode, filter at low resolution, upsample survivors, NMS."""
+        crop_size = (crop.shape[0], crop.shape[1])
+        input_size = self.encoder.input_size(crop_size)
+        with self._timed("decoder"):
+            candidates = self._decode(features, crop_size, input_size, layer)
+        with self._timed("postprocess"):
+            return self._finish(candidates, crop_size, input_size, crop_box, image_size)
+
+    def _decode(
+        self,
+        features: torch.Tensor,
+        crop_size: tuple[int, int],
+        input_size: tuple[int, int],
+        layer: int,
+    ) -> _Candidates:
+        s = self.settings
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        # As segment_anything does (float64 from numpy), so prompts embed bit for bit alike.
+        coords = torch.as_tensor(
+            self.encoder.transform.apply_coords(points, crop_size), device=self.device
+        )
+        points_t = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        kept = _Candidates([], [], [])
+        batch = self.prompt_batch()
+        for start in range(0, len(coords), batch):
+            prompt = coords[start : start + batch, None, :]
+            labels = torch.ones(prompt.shape[:2], dtype=torch.int, device=self.device)
+            sparse, dense = self.sam.prompt_encoder(points=(prompt, labels), boxes=None, masks=None)
+            logits, iou = self.sam.mask_decoder(
+                image_embeddings=features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)
+            # The low-resolution logits cover the padded square; the image is their top-left.
+            factor = logits.shape[-1] / self.sam.image_encoder.img_size
+            valid_h = math.ceil(input_size[0] * factor)
+            valid_w = math.ceil(input_size[1] * factor)
+            prompt_points = points_t[start : start + batch].repeat_interleave(3, dim=0)
+            keep = torch.ones_like(iou, dtype=torch.bool)
+            if s.pred_iou_thresh > 0.0:
+                keep &= iou > s.pred_iou_thresh
+            self.counts["decoded"] += len(iou)
+            self.counts["candidates"] += int(keep.sum())
+            if s.stability_score_thresh > 0.0:
+                low_res = calculate_stability_score(
+                    logits[:, :valid_h, :valid_w],
+                    self.sam.mask_threshold,
+                    s.stability_score_offset,
+                )
+                keep &= low_res >= s.stability_score_thresh - self.margin
+            kept.logits.append(logits[keep])
+            kept.iou.append(iou[keep])
+            kept.points.append(prompt_points[keep])
+        return kept
+
+    def _finish(
+        self,
+        candidates: _Candidates,
+        crop_size: tuple[int, int],
+        input_size: tuple[int, int],
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        s = self.settings
+        logits = torch.cat(candidates.logits) if candidates.logits else None
+        if logits is None or len(logits) == 0:
+            return _empty(image_size, self.device)
+        iou, points = torch.cat(candidates.iou), torch.cat(candidates.points)
+        self.counts["upsampled"] += len(logits)
+        masks, stability = [], []
+        for start in range(0, len(logits), _UPSAMPLE_CHUNK):
+            full = self.sam.postprocess_masks(
+                logits[start : start + _UPSAMPLE_CHUNK, None], input_size, crop_size
+            )[:, 0]
+            stability.append(
+                calculate_stability_score(full, self.sam.mask_threshold, s.stability_score_offset)
+            )
+            masks.append(full > self.sam.mask_threshold)
+        binary, score = torch.cat(masks), torch.cat(stability)
+        keep = (
+            score >= s.stability_score_thresh
+            if s.stability_score_thresh > 0.0
+            else torch.ones_like(score, dtype=torch.bool)
+        )
+        binary, score, iou, points = binary[keep], score[keep], iou[keep], points[keep]
+        boxes = batched_mask_to_box(binary)
+        h, w = image_size
+        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
+        binary, score, iou, points, boxes = (
+            binary[keep],
+            score[keep],
+            iou[keep],
+            points[keep],
+            boxes[keep],
+        )
+        order = batched_nms(
+            boxes.float(), iou, torch.zeros_like(iou, dtype=torch.long), s.box_nms_thresh
+        )
+        self.counts["kept"] += len(order)
+        return {
+            "masks": uncrop_masks(binary[order], crop_box, h, w),
+            "iou": iou[order],
+            "stability": score[order],
+            "boxes": uncrop_boxes_xyxy(boxes[order], crop_box),
+            "points": uncrop_points(points[order], crop_box),
+            "crop_area": box_area(
+                torch.tensor([crop_box], dtype=torch.float32, device=self.device)
+            ).expand(len(order)),
+        }
+
+    def _combine(
+        self, parts: list[dict[str, torch.Tensor]], image_size: tuple[int, ...]
+    ) -> GeneratedMasks:
+        """Crops of one image into its masks: NMS across crops (smaller crops win), clean-up."""
+        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        if len(parts) > 1 and len(merged["iou"]):
+            order = batched_nms(
+                merged["boxes"].float(),
+                1.0 / merged["crop_area"],
+                torch.zeros_like(merged["iou"], dtype=torch.long),
+                _CROP_NMS_THRESH,
+            )
+            merged = {key: value[order] for key, value in merged.items()}
+        if self.settings.min_mask_region_area > 0 and len(merged["iou"]):
+            with self._timed("postprocess"):
+                merged = self._remove_small_regions(merged)
+        return GeneratedMasks(
+            masks=merged["masks"],
+            predicted_iou=merged["iou"],
+            stability=merged["stability"],
+            boxes=merged["boxes"],
+            points=merged["points"],
+        )
+
+    def _remove_small_regions(self, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """segment_anything's `postprocess_small_regions` on device masks (OpenCV, CPU)."""
+        area = self.settings.min_mask_region_area
+        cleaned, unchanged = [], []
+        for mask in merged["masks"].cpu().numpy():
+            mask, holes_changed = remove_small_regions(mask, area, mode="holes")
+            mask, islands_changed = remove_small_regions(mask, area, mode="islands")
+            cleaned.append(torch.as_tensor(mask))
+            unchanged.append(float(not (holes_changed or islands_changed)))
+        masks = torch.stack(cleaned).to(self.device)
+        boxes = batched_mask_to_box(masks)
+        order = batched_nms(
+            boxes.float(),
+            torch.tensor(unchanged, device=self.device),
+            torch.zeros(len(boxes), dtype=torch.long, device=self.device),
+            max(self.settings.box_nms_thresh, _CROP_NMS_THRESH),
+        )
+        return {
+            **{k: v[order] for k, v in merged.items()},
+            "masks": masks[order],
+            "boxes": boxes[order],
+        }
+
+
+def _empty(image_size: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
+    h, w = image_size
+    return {
+        "masks": torch.zeros((0, h, w), dtype=torch.bool, device=device),
+        "iou": torch.zeros(0, device=device),
+        "stability": torch.zeros(0, device=device),
+        "boxes": torch.zeros((0, 4), dtype=torch.long, device=device),
+        "points": torch.zeros((0, 2), device=device),
+        "crop_area": torch.zeros(0, device=device),
+    }
