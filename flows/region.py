@@ -45,7 +45,7 @@ from tasks.mosaic import (
     vectorise,
     write_tile_core,
 )
-from tasks.tiles import GPU, classify_tile, hash_tile, segment_tile
+from tasks.tiles import GPU, classify_tile, hash_tile, segment_tiles
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +72,38 @@ def listening_to_tiles(callback: TileCallback) -> Iterator[None]:
         _tile_listeners.remove(callback)
 
 
-def _status_of(
-    key: str, segmented: PrefectFuture[TileStatus], hashed: PrefectFuture[str | None]
-) -> TileStatus:
-    """The tile's status from its tasks' final states: cached, computed, empty or failed.
+def _statuses_of(
+    keys: list[str],
+    segmented: PrefectFuture[list[TileStatus]],
+    hashed: list[PrefectFuture[str | None]],
+) -> list[TileStatus]:
+    """The tiles' statuses from their tasks' final states: cached, computed, empty or failed.
 
-    A tile whose hash task failed (its pixels could not be read) never segments; its error is
-    the read error.
+    A failed task fails each of its tiles; a tile whose hash task failed (its pixels could
+    not be read) carries the read error, the others the segmentation's (with
+    `tiles_per_task` > 1 an unreadable tile thus fails its batch; `resume` redoes them).
     """
     segmented.wait()  # the final state from the worker, not the API's possibly older copy
-    state: State[TileStatus] = segmented.state
-    if not state.is_completed():
-        for future in (hashed, segmented):
-            try:
-                future.result()
-            except Exception as exc:
-                return TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}")
-        return TileStatus(key, "failed", error=state.message or state.name)
-    status = segmented.result()
-    if state.name == "Cached" and status.status == "computed":
-        status.status = "cached"
-    return status
+    state: State[list[TileStatus]] = segmented.state
+    if state.is_completed():
+        statuses = segmented.result()
+        for status in statuses:
+            if state.name == "Cached" and status.status == "computed":
+                status.status = "cached"
+        return statuses
+    error = state.message or state.name
+    try:
+        segmented.result()
+    except Exception as exc:
+        error = f"{exc.__class__.__name__}: {exc}"
+    failed = []
+    for key, digest in zip(keys, hashed, strict=True):
+        try:
+            digest.result()
+            failed.append(TileStatus(key, "failed", error=error))
+        except Exception as exc:
+            failed.append(TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}"))
+    return failed
 
 
 @flow(name="lisegagr-map-region", flow_run_name="map {out}", validate_parameters=False)
@@ -126,21 +137,25 @@ def map_region(
         write_manifest(
             paths, config, rasters, grid, model, statuses, {**recorded, "state": "running"}
         )
-        futures: dict[PrefectFuture[TileStatus], str] = {}
+        futures: dict[PrefectFuture[list[TileStatus]], list[str]] = {}
         hashes: dict[str, PrefectFuture[str | None]] = {}
-        for spec in grid:
-            digest = hash_tile.submit(rasters, spec, config, source.model_id)
-            hashes[spec.key] = digest
+        specs = list(grid)
+        for start in range(0, len(specs), config.tiles_per_task):
+            batch = specs[start : start + config.tiles_per_task]
+            for spec in batch:
+                hashes[spec.key] = hash_tile.submit(rasters, spec, config, source.model_id)
+            digests = [hashes[spec.key] for spec in batch]
             with dask.annotate(resources=GPU):
-                segmented = segment_tile.submit(
-                    rasters, spec, cast(Any, digest), config, source, paths
+                segmented = segment_tiles.submit(
+                    rasters, batch, cast(Any, digests), config, source, paths
                 )
-            futures[segmented] = spec.key
+            futures[segmented] = [spec.key for spec in batch]
         last_manifest = time.monotonic()
         for future in as_completed(list(futures)):
-            key = futures[future]
-            statuses[key] = _status_of(key, future, hashes[key])
-            _notify(statuses[key])
+            keys = futures[future]
+            for status in _statuses_of(keys, future, [hashes[key] for key in keys]):
+                statuses[status.key] = status
+                _notify(status)
             if time.monotonic() - last_manifest > 10:
                 write_manifest(
                     paths,

@@ -161,6 +161,10 @@ def run(
     ] = None,
     core: Annotated[int | None, typer.Option(help="Tile core side in pixels.")] = None,
     halo: Annotated[int | None, typer.Option(help="Tile halo in pixels.")] = None,
+    tiles_per_task: Annotated[
+        int | None,
+        typer.Option(help="Tiles per segmentation task, sent through SAM together (GPU: 4)."),
+    ] = None,
     classifier: Annotated[
         Path | None, typer.Option(help="Field / non-field classifier file (classes, scores).")
     ] = None,
@@ -179,6 +183,7 @@ def run(
         ("upscale", upscale),
         ("core", core),
         ("halo", halo),
+        ("tiles_per_task", tiles_per_task),
         ("engine.amg.points_per_side", points_per_side),
         ("upscale_model", str(upscale_model) if upscale_model else None),
         ("classifier", str(classifier) if classifier else None),

@@ -53,10 +53,14 @@ class AmgSettings(_Settings):
     """Image encoder precision of the fast generator; auto: bf16 on CUDA, fp32 elsewhere."""
     compile_encoder: bool = False
     """Wrap the image encoder in torch.compile (pays off on CUDA over many tiles)."""
+    prefilter_margin: float = Field(0.05, ge=0.0, le=1.0)
+    """Fast generator: candidates whose low-resolution stability is within this of the
+    threshold are upsampled and checked at full resolution; the rest are dropped."""
 
     def segment_anything_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `SamAutomaticMaskGenerator` these settings stand for."""
-        kwargs = self.model_dump(exclude={"generator", "encoder_precision", "compile_encoder"})
+        ours = {"generator", "encoder_precision", "compile_encoder", "prefilter_margin"}
+        kwargs = self.model_dump(exclude=ours)
         if kwargs["points_per_batch"] is None:
             kwargs["points_per_batch"] = 64
         return kwargs
@@ -166,6 +170,9 @@ class RegionConfig(_Settings):
     """Tile core side (px): cores tile the raster without overlap; Zarr chunks equal it."""
     halo: int = Field(64, ge=0)
     """Pixels each tile also reads on every side, so fields at a border are seen whole."""
+    tiles_per_task: int = Field(1, ge=1, le=64)
+    """Tiles one segmentation task takes: they go through SAM together, several per encoder
+    call. 1 on CPUs (nothing to gain); 4–8 on GPU workers. Results do not depend on it."""
     classifier: str | None = None
     """Field / non-field classifier file (`lisegagr classifier train`); None: unclassified."""
     merge_min_iou: float = Field(0.5, gt=0.0, le=1.0)

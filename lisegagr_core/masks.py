@@ -120,22 +120,23 @@ class MaskSet:
     def select(self, keep: NDArray[np.bool_] | NDArray[np.integer] | Sequence[int]) -> MaskSet:
         """The masks chosen by a boolean mask or an index array, attributes with them."""
         keep = np.asarray(keep)
-        if keep.dtype != np.bool_:
-            keep = keep.astype(np.int64)
-        return MaskSet(
-            masks=self.masks[keep],
-            predicted_iou=self.predicted_iou[keep],
-            stability=self.stability[keep],
-            stage=self.stage[keep],
+        rows = np.flatnonzero(keep) if keep.dtype == np.bool_ else keep.astype(np.int64)
+        chosen = MaskSet(
+            masks=self.masks[rows],
+            predicted_iou=self.predicted_iou[rows],
+            stability=self.stability[rows],
+            stage=self.stage[rows],
         )
+        return chosen._sharing_pixels(self._cached_pixels() and self.pixels[rows])
 
     def with_stage(self, stage: int) -> MaskSet:
-        return MaskSet(
+        staged = MaskSet(
             self.masks,
             self.predicted_iou,
             self.stability,
             np.full(len(self), stage, dtype=np.int16),
         )
+        return staged._sharing_pixels(self._cached_pixels() and self.pixels)
 
     @staticmethod
     def concat(sets: Sequence[MaskSet], shape: tuple[int, int]) -> MaskSet:
@@ -143,12 +144,28 @@ class MaskSet:
         sets = [s for s in sets if len(s)]
         if not sets:
             return MaskSet.empty(shape)
-        return MaskSet(
+        joined = MaskSet(
             masks=np.concatenate([s.masks for s in sets]),
             predicted_iou=np.concatenate([s.predicted_iou for s in sets]),
             stability=np.concatenate([s.stability for s in sets]),
             stage=np.concatenate([s.stage for s in sets]),
         )
+        if all(s._cached_pixels() for s in sets):
+            return joined._sharing_pixels(
+                scipy.sparse.vstack([s.pixels for s in sets], format="csr")
+            )
+        return joined
+
+    # The sparse pixel matrix is the costly part of a set (a scan of every mask pixel): a set
+    # made from sets that have it derives its own from theirs instead of scanning again.
+
+    def _cached_pixels(self) -> bool:
+        return "pixels" in self.__dict__
+
+    def _sharing_pixels(self, pixels: scipy.sparse.csr_matrix | bool) -> MaskSet:
+        if isinstance(pixels, scipy.sparse.csr_matrix):
+            self.__dict__["pixels"] = pixels
+        return self
 
 
 def pairwise_intersections(masks: MaskSet) -> NDArray[np.int64]:

@@ -19,7 +19,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from lisegagr_core.tiles import (
     load_tile_result,
     read_tile,
     save_tile_result,
-    segment_tile,
+    segment_tiles,
     tile_hash,
 )
 
@@ -139,14 +139,38 @@ def segment_stage(
     tile: TileImage, digest: str, source: MaskSource, config: RegionConfig, paths: RegionPaths
 ) -> TileStatus:
     """Segment a hashed tile and store the result, unless a result of that hash is stored."""
+    return segment_stage_many([tile], [digest], source, config, paths)[0]
+
+
+def segment_stage_many(
+    tiles: Sequence[TileImage],
+    digests: Sequence[str],
+    source: MaskSource,
+    config: RegionConfig,
+    paths: RegionPaths,
+) -> list[TileStatus]:
+    """`segment_stage` for several tiles: those not stored are segmented together."""
     started = time.perf_counter()
-    key = tile.spec.key
-    url = paths.tile(key, digest)
-    if paths.exists(url):
-        return TileStatus(key, "cached", digest, seconds=time.perf_counter() - started)
-    result = segment_tile(tile, source, config.engine, digest)
-    save_tile_result(url, result, dict(paths.storage_options))
-    return TileStatus(key, "computed", digest, len(result.instances), time.perf_counter() - started)
+    urls = [paths.tile(t.spec.key, d) for t, d in zip(tiles, digests, strict=True)]
+    stored = [paths.exists(url) for url in urls]
+    todo = [i for i, done in enumerate(stored) if not done]
+    results = segment_tiles(
+        [tiles[i] for i in todo], source, config.engine, [digests[i] for i in todo]
+    )
+    for i, result in zip(todo, results, strict=True):
+        save_tile_result(urls[i], result, dict(paths.storage_options))
+    computed = dict(zip(todo, results, strict=True))
+    statuses = []
+    for i, (tile, digest) in enumerate(zip(tiles, digests, strict=True)):
+        if i in computed:
+            result = computed[i]
+            statuses.append(
+                TileStatus(tile.spec.key, "computed", digest, len(result.instances), result.seconds)
+            )
+        else:
+            seconds = time.perf_counter() - started
+            statuses.append(TileStatus(tile.spec.key, "cached", digest, seconds=seconds))
+    return statuses
 
 
 def process_tile(

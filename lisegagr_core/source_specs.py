@@ -33,6 +33,9 @@ class SamSpec:
     def model_id(self) -> str:
         return f"{self.name}:{self.checkpoint_sha256}"
 
+    #: One source serves every tile, so tiles can be segmented together.
+    shared_across_tiles = True
+
     def describe(self) -> str:
         return self.description
 
@@ -54,6 +57,9 @@ class GroundTruthSpec:
     def model_id(self) -> str:
         return f"ground-truth:{self.truth_path}"
 
+    #: Each tile has its own truth: tiles are segmented one at a time.
+    shared_across_tiles = False
+
     def describe(self) -> str:
         return f"ground truth from {self.truth_path} (not a model)"
 
@@ -68,7 +74,8 @@ class GroundTruthSpec:
         return GroundTruthMaskSource(truth)
 
 
-#: A mask source by value: each has `model_id`, `describe()` and `build(tile, amg, transform)`.
+#: A mask source by value: each has `model_id`, `shared_across_tiles`, `describe()` and
+#: `build(tile, amg, transform)`.
 SourceSpec = SamSpec | GroundTruthSpec
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lisegagr_core.config import ALGORITHM_VERSION, EngineConfig
-from lisegagr_core.engine import Instance, segment_image
+from lisegagr_core.engine import Instance, Segmentation, segment_images
 from lisegagr_core.grid import TileSpec
 from lisegagr_core.masks import resplit_labels
 from lisegagr_core.rasters import RasterSet
@@ -111,10 +112,34 @@ def segment_tile(
     They are shown to SAM as white (the method's "nothing left here") and cleared from the
     labels, which are then re-split so that no instance is cut in two by a nodata strip.
     """
+    return segment_tiles([tile], source, config, [digest])[0]
+
+
+def segment_tiles(
+    tiles: Sequence[TileImage], source: MaskSource, config: EngineConfig, digests: Sequence[str]
+) -> list[TileResult]:
+    """`segment_tile` for several tiles at once: their SAM passes share encoder batches.
+
+    Each result is the one the tile gets alone; the seconds of the batch are shared evenly.
+    """
     started = time.perf_counter()
-    rgb = tile.rgb.copy()
-    rgb[~tile.valid] = WHITE
-    segmentation = segment_image(rgb, source, config)
+    images = []
+    for tile in tiles:
+        rgb = tile.rgb.copy()
+        rgb[~tile.valid] = WHITE
+        images.append(rgb)
+    segmentations = segment_images(images, source, config)
+    seconds = (time.perf_counter() - started) / max(len(tiles), 1)
+    return [
+        _tile_result(tile, segmentation, config, digest, seconds)
+        for tile, segmentation, digest in zip(tiles, segmentations, digests, strict=True)
+    ]
+
+
+def _tile_result(
+    tile: TileImage, segmentation: Segmentation, config: EngineConfig, digest: str, seconds: float
+) -> TileResult:
+    """A tile's segmentation with invalid pixels cleared and the labels re-split."""
     ids = segmentation.labels.astype(np.int64)
     ids[~tile.valid] = 0
     labels, origin = resplit_labels(ids, config.min_component_area)
@@ -136,7 +161,7 @@ def segment_tile(
         labels=labels,
         valid=tile.valid,
         instances=instances,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
 
 

@@ -23,6 +23,7 @@ from lisegagr_core.region import (
     classify_stage,
     hash_stage,
     segment_stage,
+    segment_stage_many,
 )
 from lisegagr_core.source_specs import SourceSpec
 from lisegagr_core.tiles import read_tile
@@ -44,15 +45,17 @@ def worker_name() -> str:
 
 
 def segment_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """The tile hash, while the tile's stored result exists (else no cache: compute again).
+    """The tiles' hashes, while every tile's stored result exists (else compute again).
 
     Prefect's cached record says "done"; the stored labels are what the merge needs. Checking
     both keeps a deleted or lost output folder from being reported as finished.
     """
-    digest, spec, paths = parameters.get("digest"), parameters["spec"], parameters["paths"]
-    if not digest or not paths.exists(paths.tile(spec.key, digest)):
+    digests, specs, paths = parameters.get("digests"), parameters["specs"], parameters["paths"]
+    if not digests or None in digests:
         return None
-    return f"lisegagr-segment-{digest}"
+    if not all(paths.exists(paths.tile(s.key, d)) for s, d in zip(specs, digests, strict=True)):
+        return None
+    return "lisegagr-segment-" + "-".join(digests)
 
 
 @task(
@@ -75,38 +78,61 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
+def _batch_name() -> str:
+    from prefect.runtime import task_run
+
+    specs = task_run.parameters["specs"]
+    more = f" +{len(specs) - 1}" if len(specs) > 1 else ""
+    return f"segment {specs[0].key}{more}"
+
+
 @task(
-    name="segment-tile",
-    task_run_name="segment {spec.key}",
+    name="segment-tiles",
+    task_run_name=_batch_name,
     cache_key_fn=segment_cache_key,
     persist_result=True,
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_jitter_factor=0.5,
 )
-def segment_tile(
+def segment_tiles(
     rasters: RasterSet,
-    spec: TileSpec,
-    digest: str | None,
+    specs: list[TileSpec],
+    digests: list[str | None],
     config: RegionConfig,
     source: SourceSpec,
     paths: RegionPaths,
-) -> TileStatus:
-    """Segment one tile on this worker's model; on CUDA out-of-memory, halve the prompt batch."""
-    if digest is None:
-        return TileStatus(spec.key, "empty", worker=worker_name())
-    tile = read_tile(rasters, spec)
+) -> list[TileStatus]:
+    """Segment tiles on this worker's model, together (`RegionConfig.tiles_per_task`).
+
+    Tiles without a valid pixel are "empty". On CUDA out-of-memory the prompt batch is
+    halved and the tiles tried again.
+    """
+    statuses = {
+        spec.key: TileStatus(spec.key, "empty")
+        for spec, digest in zip(specs, digests, strict=True)
+        if digest is None
+    }
+    todo = [(spec, d) for spec, d in zip(specs, digests, strict=True) if d is not None]
+    tiles = [read_tile(rasters, spec) for spec, _ in todo]
     amg = config.engine.amg
-    while True:
+    while todo:
         engine = config.engine.model_copy(update={"amg": amg})
+        run_config = config.model_copy(update={"engine": engine})
         try:
-            status = segment_stage(
-                tile,
-                digest,
-                source.build(spec, amg, rasters.transform),
-                config.model_copy(update={"engine": engine}),
-                paths,
-            )
+            if len(todo) > 1 and source.shared_across_tiles:
+                shared = source.build(todo[0][0], amg, rasters.transform)
+                computed = segment_stage_many(
+                    tiles, [d for _, d in todo], shared, run_config, paths
+                )
+            else:  # each tile its own source (ground truth), one at a time
+                computed = [
+                    segment_stage(
+                        tile, digest, source.build(spec, amg, rasters.transform), run_config, paths
+                    )
+                    for tile, (spec, digest) in zip(tiles, todo, strict=True)
+                ]
+            statuses.update((s.key, s) for s in computed)
             break
         except Exception as exc:
             # None (sized to the device) tried at most the whole grid: halve from there.
@@ -119,11 +145,12 @@ def segment_tile(
             amg = amg.model_copy(update={"points_per_batch": batch // 2})
             log.warning(
                 "%s: CUDA out of memory, retrying with %d prompts per batch",
-                spec.key,
+                ", ".join(spec.key for spec, _ in todo),
                 amg.points_per_batch,
             )
-    status.worker = worker_name()
-    return status
+    for status in statuses.values():
+        status.worker = worker_name()
+    return [statuses[spec.key] for spec in specs]
 
 
 def classify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:

@@ -135,8 +135,8 @@ def test_unstable_candidates_are_dropped_at_low_resolution(farmland: NDArray[np.
 
 def test_prompt_batches_are_sized_to_the_device_unless_set() -> None:
     sam = build_tiny_sam()
-    assert FastMaskGenerator(sam, AmgSettings(points_per_side=8)).prompt_batch() == 64
-    assert FastMaskGenerator(sam, AmgSettings(points_per_side=32)).prompt_batch() == 256
+    assert FastMaskGenerator(sam, AmgSettings(points_per_side=6)).prompt_batch() == 36
+    assert FastMaskGenerator(sam, AmgSettings(points_per_side=32)).prompt_batch() == 64
     assert FastMaskGenerator(sam, AmgSettings(points_per_batch=7)).prompt_batch() == 7
     assert AmgSettings().segment_anything_kwargs()["points_per_batch"] == 64
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.region import map_region, task_runner
@@ -408,7 +409,7 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
     from lisegagr_core.rasters import open_rasters
     from lisegagr_core.region import RegionPaths, hash_stage, plan
     from lisegagr_core.sources import MaskSource
-    from tasks.tiles import segment_tile
+    from tasks.tiles import segment_tiles
 
     imagery, truth = write_scene(tmp_path, size=256)
     truth_spec = GroundTruthSpec(str(truth))
@@ -433,9 +434,89 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
             "engine": TILES_256.engine.model_copy(update={"amg": AmgSettings(points_per_side=8)})
         }
     )
-    status = segment_tile.fn(
-        rasters, spec, digest, config, TightMemory(), RegionPaths(str(tmp_path))
+    (status,) = segment_tiles.fn(
+        rasters, [spec], [digest], config, TightMemory(), RegionPaths(str(tmp_path))
     )  # type: ignore[arg-type]
     assert status.status == "computed"
     # Sized to the device first (the whole 8x8 grid at most), then halved until it fits.
     assert batches == [None, 32, 16]
+
+
+def test_tiles_segmented_several_per_task_give_the_same_map(tmp_path: Path) -> None:
+    """`tiles_per_task` batches tiles through SAM together; the map does not change."""
+    import xarray as xr
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.region import sam_source
+    from lisegagr_core.config import load_region_config
+
+    imagery, _ = write_scene(tmp_path, size=768, seed=5)
+    source, settings = sam_source("tiny", None, "cpu")
+    assert source.shared_across_tiles
+    labels = {}
+    for per_task in (1, 4):
+        config = load_region_config(
+            None,
+            {
+                "core": 256,
+                "halo": 32,
+                "tiles_per_task": per_task,
+                "engine.amg.points_per_side": 4,
+                "engine.amg.pred_iou_thresh": 0.0,
+                "engine.amg.stability_score_thresh": 0.0,
+            },
+            model_settings=settings,
+        )
+        out = tmp_path / f"out-{per_task}"
+        summary = map_region.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
+            [str(imagery)], str(out), config, source
+        )
+        assert summary["state"] == "complete" and summary["counts"]["computed"] == 9
+        mosaic = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
+        labels[per_task] = mosaic["labels"].values
+    assert labels[1].max() > 0
+    np.testing.assert_array_equal(labels[1], labels[4])
+
+
+def test_a_segmentation_task_sends_its_tiles_through_sam_together(tmp_path: Path) -> None:
+    """Round 1 of all the task's tiles is one call of the source (one encoder batch)."""
+    from flows.region import sam_source
+    from lisegagr_core.config import AmgSettings, load_region_config
+    from lisegagr_core.grid import TileSpec
+    from lisegagr_core.rasters import open_rasters
+    from lisegagr_core.region import RegionPaths, hash_stage, plan
+    from lisegagr_core.sources import MaskSource
+    from tasks.tiles import segment_tiles
+
+    imagery, _ = write_scene(tmp_path, size=512, seed=6)
+    sam, settings = sam_source("tiny", None, "cpu")
+    calls: list[int] = []
+
+    class Recording:
+        model_id = sam.model_id
+        shared_across_tiles = True
+
+        def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
+            inner = sam.build(tile, amg, transform)  # type: ignore[arg-type]
+            original = inner.generate_many
+
+            def generate_many(images, regions):  # type: ignore[no-untyped-def]
+                calls.append(len(images))
+                return original(images, regions)
+
+            inner.generate_many = generate_many  # type: ignore[method-assign]
+            return inner
+
+    config = load_region_config(
+        None,
+        {"core": 256, "halo": 0, "engine.amg.points_per_side": 4, "tiles_per_task": 4},
+        model_settings=settings,
+    )
+    rasters = open_rasters([str(imagery)], align=256)
+    specs = list(plan(rasters, config))
+    digests = [hash_stage(rasters, spec, config, sam.model_id)[1] for spec in specs]
+    statuses = segment_tiles.fn(
+        rasters, specs, digests, config, Recording(), RegionPaths(str(tmp_path))
+    )  # type: ignore[arg-type]
+    assert [s.status for s in statuses] == ["computed"] * 4
+    assert calls[0] == 4

@@ -118,3 +118,23 @@ def test_partition_resplits_cut_labels_and_drops_small_remnants() -> None:
     tiny = MaskSet.from_masks(np.stack([parcel, _rect(shape, 0, 0, 99, 40)]))
     # the big mask is left with a 40-px column: under min_area, it is dropped
     assert partition(tiny, min_area=50).count == 1
+
+
+def test_sets_made_from_sets_derive_their_pixel_matrix_and_it_is_right() -> None:
+    """select / with_stage / concat reuse the sparse pixels instead of scanning the masks."""
+    rng = np.random.default_rng(3)
+    a = MaskSet.from_masks(rng.random((6, 40, 50)) > 0.7)
+    b = MaskSet.from_masks(rng.random((4, 40, 50)) > 0.4)
+    _ = a.pixels, b.pixels
+    derived = [
+        a.select([4, 1]),
+        a.select(np.array([True, False, True, False, False, True])),
+        b.with_stage(3),
+        MaskSet.concat([a, b], a.shape),
+    ]
+    for masks in derived:
+        assert "pixels" in masks.__dict__  # derived, not scanned
+        fresh = MaskSet.from_masks(masks.masks)
+        assert (masks.pixels != fresh.pixels).nnz == 0
+        np.testing.assert_array_equal(masks.areas, fresh.areas)
+        np.testing.assert_array_equal(masks.boxes, fresh.boxes)
