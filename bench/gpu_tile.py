@@ -7,7 +7,8 @@ One run measures, on the same device and the same tiles, for each SAM size:
 - ``fast``: `FastMaskGenerator` (fused attention, bf16 encoder on CUDA, device-sized prompt
   batches, filtering on low-resolution logits, masks kept on the device), one tile at a time;
 - ``fast_batched``: the same with all tiles in lockstep (`segment_images`), so rounds and
-  refinement crops of several tiles share encoder calls.
+  refinement crops of several tiles share encoder calls;
+- ``fast_bf16_decoder`` (CUDA by default): the fast path with the mask decoder in bf16.
 
 Each tile runs the whole method: 4 rounds forced (``min_unsegmented_fraction`` 0, so no
 tile stops early), refinement forced to the 4 largest masks of each tile (the paper's
@@ -273,6 +274,15 @@ def bench_model(
         loaded, oracle, fast_amg, images, classifier, False, args.refine_crops
     )
     result: dict[str, Any] = {"vanilla": vanilla, "fast": fast}
+    if args.bf16_decoder:
+        bf16_amg = fast_amg.model_copy(update={"decoder_precision": "bf16"})
+        bf16, bf16_results = run_side(
+            loaded, oracle, bf16_amg, images, classifier, False, args.refine_crops
+        )
+        result["fast_bf16_decoder"] = bf16
+        result["fast_bf16_decoder_vs_vanilla_pixel_agreement"] = agreement(
+            vanilla_results, bf16_results
+        )
     if len(images) > 1 and not args.no_batched:
         batched, batched_results = run_side(
             loaded, oracle, fast_amg, images, classifier, True, args.refine_crops
@@ -309,6 +319,12 @@ def main() -> None:
         help="refine this many of each tile's largest masks (-1: the paper's tests decide)",
     )
     parser.add_argument("--no-batched", action="store_true")
+    parser.add_argument(
+        "--bf16-decoder",
+        action=argparse.BooleanOptionalAction,
+        default=cuda,
+        help="also measure the fast path with the mask decoder in bf16 (default on CUDA)",
+    )
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
 

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
@@ -58,8 +59,9 @@ from lisegagr_core.masks import MaskSet
 _CROP_OVERLAP_RATIO = 512 / 1500
 _CROP_NMS_THRESH = 0.7
 #: Bytes of decoder activations per prompt, per channel of the image embedding and per cell
-#: of its grid (measured on SAM's mask decoder: the repeated embedding, the two upscaling
-#: stages and the three output masks, in fp32, with headroom).
+#: of its grid: the decoder keeps about 32·C·g² bytes alive per prompt in fp32 (the embedding
+#: repeated per prompt, its positional copy, the two upscaling stages); 3x headroom. Too
+#: large a batch is not fatal: a CUDA out-of-memory halves it (`tasks.tiles`).
 _DECODER_BYTES_PER_PROMPT_CELL = 96
 #: Share of free device memory the decoder may plan to use for one prompt batch.
 _DECODER_MEMORY_SHARE = 0.5
@@ -88,12 +90,26 @@ class GeneratedMasks:
         return int(self.masks.shape[0])
 
     def to_mask_set(self) -> MaskSet:
-        """The masks as a `MaskSet` (one device-to-host copy of the boolean masks)."""
-        return MaskSet.from_masks(
+        """The masks as a `MaskSet`: one device-to-host copy of the boolean masks, and their
+        sparse pixel matrix found on the device (the scan the CPU would otherwise do)."""
+        n, h, w = self.masks.shape
+        rows, cols = torch.nonzero(self.masks.reshape(n, h * w), as_tuple=True)
+        indptr = torch.zeros(n + 1, dtype=torch.int64, device=self.masks.device)
+        indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+        pixels = scipy.sparse.csr_matrix(
+            (
+                np.ones(len(cols), dtype=np.float32),
+                cols.cpu().numpy().astype(np.int32, copy=False),
+                indptr.cpu().numpy(),
+            ),
+            shape=(n, h * w),
+        )
+        masks = MaskSet.from_masks(
             self.masks.cpu().numpy(),
             predicted_iou=self.predicted_iou.float().cpu().numpy(),
             stability=self.stability.float().cpu().numpy(),
         )
+        return masks.with_pixels(pixels)
 
 
 @dataclass
@@ -224,18 +240,20 @@ class FastMaskGenerator:
         image_pe = self.sam.prompt_encoder.get_dense_pe()
         kept = _Candidates([], [], [])
         batch = self.prompt_batch()
+        bf16 = s.decoder_precision == "bf16"
         for start in range(0, len(coords), batch):
             prompt = coords[start : start + batch, None, :]
             labels = torch.ones(prompt.shape[:2], dtype=torch.int, device=self.device)
             sparse, dense = self.sam.prompt_encoder(points=(prompt, labels), boxes=None, masks=None)
-            logits, iou = self.sam.mask_decoder(
-                image_embeddings=features,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
-            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits, iou = self.sam.mask_decoder(
+                    image_embeddings=features,
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                )
+            logits, iou = logits.flatten(0, 1).float(), iou.flatten(0, 1).float()
             # The low-resolution logits cover the padded square; the image is their top-left.
             factor = logits.shape[-1] / self.sam.image_encoder.img_size
             valid_h = math.ceil(input_size[0] * factor)

@@ -159,6 +159,12 @@ class MaskSet:
     # The sparse pixel matrix is the costly part of a set (a scan of every mask pixel): a set
     # made from sets that have it derives its own from theirs instead of scanning again.
 
+    def with_pixels(self, pixels: scipy.sparse.csr_matrix) -> MaskSet:
+        """This set, given its sparse pixel matrix (computed elsewhere, e.g. on a GPU)."""
+        if pixels.shape != (len(self), self.shape[0] * self.shape[1]):
+            raise ValueError(f"pixels of shape {pixels.shape} do not fit {len(self)} masks")
+        return self._sharing_pixels(pixels)
+
     def _cached_pixels(self) -> bool:
         return "pixels" in self.__dict__
 
