@@ -26,6 +26,10 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+#: Precision of a model part: auto is bf16 on CUDA and fp32 elsewhere.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class AmgSettings(_Settings):
     """Segment Anything's automatic mask generator (AMG) settings, as in `segment_anything`."""
 
@@ -49,7 +53,7 @@ class AmgSettings(_Settings):
     generator: Literal["fast", "segment-anything"] = "fast"
     """`fast`: the same masks, filtered on low-resolution logits before upsampling and kept
     on the device (`lisegagr_core.fast_amg`); `segment-anything`: its own generator."""
-    encoder_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    encoder_precision: Precision = "auto"
     """Image encoder precision of the fast generator; auto: bf16 on CUDA, fp32 elsewhere."""
     decoder_precision: Literal["fp32", "bf16"] = "fp32"
     """Fast generator: the mask decoder's precision. bf16 (CUDA) halves the decoder's time,

@@ -14,8 +14,8 @@ modules and parameters this way without changing the model.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,9 +32,9 @@ from segment_anything.modeling.image_encoder import (
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 
-log = logging.getLogger(__name__)
+from lisegagr_core.config import Precision
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -118,6 +118,11 @@ def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype
     return _DTYPES[precision]
 
 
+_SHARED: weakref.WeakKeyDictionary[Sam, dict[tuple[str, bool], ImageEncoder]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class ImageEncoder:
     """Images in, SAM image embeddings out: several images per encoder call.
 
@@ -146,6 +151,20 @@ class ImageEncoder:
         if compile:
             self._encoder = torch.compile(self._encoder)  # type: ignore[assignment]
         self.max_batch = max_batch or (8 if self.device.type == "cuda" else 2)
+
+    @classmethod
+    def shared(
+        cls, sam: Sam, *, precision: Precision = "auto", compile: bool = False
+    ) -> ImageEncoder:
+        """The encoder of `sam` with these settings, made once per model and process.
+
+        A mask source is built per tile; sharing the encoder keeps a compiled one compiled.
+        """
+        per_model = _SHARED.setdefault(sam, {})
+        key = (precision, compile)
+        if key not in per_model:
+            per_model[key] = cls(sam, precision=precision, compile=compile)
+        return per_model[key]
 
     def input_size(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of an image of `shape` once resized for the encoder (before padding)."""

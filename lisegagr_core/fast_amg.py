@@ -141,7 +141,7 @@ class FastMaskGenerator:
     ) -> None:
         self.sam = sam
         self.settings = settings
-        self.encoder = encoder or ImageEncoder(
+        self.encoder = encoder or ImageEncoder.shared(
             sam, precision=settings.encoder_precision, compile=settings.compile_encoder
         )
         self.device = sam.device

@@ -263,3 +263,12 @@ def test_a_bf16_decoder_moves_mask_edges_only(farmland: NDArray[np.uint8]) -> No
     matched = _matched_ious(fp32, bf16)
     assert np.median(matched) >= 0.99
     assert matched.min() >= 0.9
+
+
+def test_sources_built_per_tile_share_one_encoder_per_model(oracle_sam: Sam) -> None:
+    """A compiled encoder must not be rebuilt (recompiled) for every tile's source."""
+    settings = AmgSettings(points_per_side=4)
+    a, b = FastMaskGenerator(oracle_sam, settings), FastMaskGenerator(oracle_sam, settings)
+    assert a.encoder is b.encoder
+    other = settings.model_copy(update={"encoder_precision": "bf16"})
+    assert FastMaskGenerator(oracle_sam, other).encoder is not a.encoder
