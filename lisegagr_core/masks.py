@@ -189,24 +189,35 @@ def pairwise_iou(masks: MaskSet) -> NDArray[np.float64]:
 
 
 def dedup_keep_larger(masks: MaskSet, iou_thresh: float) -> MaskSet:
-    """Drop the smaller mask of every pair above `iou_thresh`, until no such pair is left.
+    """Drop the smaller mask of pairs above `iou_thresh`, by the reference scripts' scan.
 
-    Greedy from the largest mask down (ties: earlier first): each kept mask suppresses every
-    smaller one it overlaps above the threshold. That is the fixed point of repeatedly dropping
-    the smaller of an offending pair, computed in one pass over an (N, N) IoU matrix.
+    The reference (`delete_iou`) visits the masks in index order; a mask not yet deleted
+    meets every other mask not yet deleted, in index order, and at the first IoU above the
+    threshold the smaller of the two is deleted (the visited one on a tie), the visited one
+    ending its visit if it was that one; the scan is repeated until it deletes nothing. The
+    result depends on the order: in a nested chain C ⊂ B ⊂ A where only A–B and B–C are above
+    the threshold, order (A, B, C) keeps {A, C} and order (C, B, A) keeps {A}. One scan is
+    already stable (two survivors met while both alive and passed), so one is done, over an
+    (N, N) IoU matrix from one sparse product.
     """
     if len(masks) < 2:
         return masks
     iou = pairwise_iou(masks)
-    order = np.lexsort((np.arange(len(masks)), -masks.areas))
-    suppressed = np.zeros(len(masks), dtype=bool)
-    keep: list[int] = []
-    for i in order:
-        if suppressed[i]:
+    areas = masks.areas
+    deleted = np.zeros(len(masks), dtype=bool)
+    for visited in range(len(masks)):
+        if deleted[visited]:
             continue
-        keep.append(int(i))
-        suppressed |= iou[i] > iou_thresh
-    return masks.select(np.sort(np.asarray(keep, dtype=np.int64)))
+        above = iou[visited] > iou_thresh
+        above[visited] = False
+        for other in np.flatnonzero(above):
+            if deleted[other]:
+                continue
+            if areas[visited] <= areas[other]:
+                deleted[visited] = True
+                break
+            deleted[other] = True
+    return masks.select(~deleted)
 
 
 def white_fraction(masks: MaskSet, white: NDArray[np.bool_]) -> NDArray[np.float64]:
@@ -216,7 +227,8 @@ def white_fraction(masks: MaskSet, white: NDArray[np.bool_]) -> NDArray[np.float
 
 
 def split_components(masks: MaskSet, min_area: int) -> MaskSet:
-    """Each mask split into its 8-connected components; components under `min_area` dropped.
+    """Each mask split into its 4-connected components (the reference's `scipy.ndimage.label`);
+    components under `min_area` dropped.
 
     Components inherit their mask's scores and stage. Work is done inside each mask's box.
     """
@@ -225,7 +237,7 @@ def split_components(masks: MaskSet, min_area: int) -> MaskSet:
     h, w = masks.shape
     for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks.masks, masks.boxes, strict=True)):
         crop = mask[y0 : y1 + 1, x0 : x1 + 1].astype(np.uint8)
-        count, component_ids, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+        count, component_ids, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=4)
         for component in range(1, count):
             if stats[component, cv2.CC_STAT_AREA] < min_area:
                 continue

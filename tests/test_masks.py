@@ -63,8 +63,8 @@ def test_dedup_keeps_both_masks_at_or_below_the_threshold() -> None:
     assert len(dedup_keep_larger(MaskSet.from_masks(np.stack([a, b])), 0.34)) == 2
 
 
-def test_dedup_chain_is_resolved_from_the_largest_down() -> None:
-    # a ⊃ b ⊃ c, each pair above 0.8: only a survives, never a lone middle mask.
+def test_dedup_chain_with_every_pair_above_keeps_only_the_largest() -> None:
+    # a ⊂ b, c ⊂ a, each pair above 0.8: only the largest survives.
     shape = (100, 100)
     masks = np.stack(
         [_rect(shape, 0, 0, 90, 100), _rect(shape, 0, 0, 100, 100), _rect(shape, 0, 0, 81, 100)]
@@ -73,11 +73,52 @@ def test_dedup_chain_is_resolved_from_the_largest_down() -> None:
     assert len(kept) == 1 and kept.areas[0] == 100 * 100
 
 
+def _nested_chain() -> dict[str, np.ndarray]:
+    """C ⊂ B ⊂ A with IoU(A, B) = 0.85, IoU(B, C) = 0.82, IoU(A, C) = 0.697 (the issue's)."""
+    shape = (100, 100)
+    return {
+        "A": _rect(shape, 0, 0, 100, 100),
+        "B": _rect(shape, 0, 0, 85, 100),
+        "C": _rect(shape, 0, 0, 85, 82),
+    }
+
+
+def test_nested_chain_dedup_follows_the_reference_scan_in_index_order() -> None:
+    chain = _nested_chain()
+    masks = MaskSet.from_masks(np.stack([chain[k] for k in "ABC"]))
+    np.testing.assert_allclose(pairwise_iou(masks)[[0, 1, 0], [1, 2, 2]], [0.85, 0.82, 0.697])
+    # order (C, B, A): C meets B and goes, then B meets A and goes: the reference keeps {A}
+    # (a greedy pass from the largest down would keep {A, C}).
+    kept = dedup_keep_larger(MaskSet.from_masks(np.stack([chain[k] for k in "CBA"])), 0.8)
+    assert len(kept) == 1 and kept.areas[0] == chain["A"].sum()
+    # order (A, B, C): A deletes B, and C, which only B overlapped enough, stays
+    kept = dedup_keep_larger(MaskSet.from_masks(np.stack([chain[k] for k in "ABC"])), 0.8)
+    assert kept.areas.tolist() == [chain["A"].sum(), chain["C"].sum()]
+    # order (B, C, A): B deletes C, then meets A and goes
+    kept = dedup_keep_larger(MaskSet.from_masks(np.stack([chain[k] for k in "BCA"])), 0.8)
+    assert kept.areas.tolist() == [chain["A"].sum()]
+
+
+def test_dedup_of_equal_areas_deletes_the_mask_being_visited() -> None:
+    shape = (20, 20)
+    first, second = _rect(shape, 0, 0, 10, 10), _rect(shape, 0, 1, 10, 11)  # IoU 0.818
+    kept = dedup_keep_larger(MaskSet.from_masks(np.stack([first, second])), 0.8)
+    np.testing.assert_array_equal(kept.masks, second[None])
+
+
 def test_white_fraction_counts_each_masks_share_on_white() -> None:
     shape = (10, 10)
     white = _rect(shape, 0, 0, 5, 10)
     masks = MaskSet.from_masks(np.stack([_rect(shape, 0, 0, 10, 10), _rect(shape, 5, 0, 10, 10)]))
     np.testing.assert_allclose(white_fraction(masks, white), [0.5, 0.0])
+
+
+def test_split_components_uses_four_connectivity() -> None:
+    # two squares touching only at a corner are two components (the reference's ndimage.label)
+    shape = (30, 30)
+    mask = _rect(shape, 0, 0, 10, 10) | _rect(shape, 10, 10, 20, 20)
+    parts = split_components(MaskSet.from_masks(mask[None]), min_area=1)
+    assert sorted(parts.areas.tolist()) == [100, 100]
 
 
 def test_split_components_separates_parts_and_drops_small_ones() -> None:
