@@ -75,8 +75,13 @@ def edge_ratio(
 
 
 def colour_entropy(image: NDArray[np.uint8], mask: NDArray[np.bool_]) -> float:
-    """Mean over R, G, B of the Shannon entropy (bits) of the mask's 256-bin histograms."""
+    """Mean over R, G, B of the Shannon entropy (bits) of the mask's 256-bin histograms.
+
+    As in the reference, which measures the cut-out image with everything outside the mask
+    white, pixels with any channel at 255 do not count (inside the mask too).
+    """
     pixels = image[mask]
+    pixels = pixels[(pixels != WHITE).all(axis=1)]
     if len(pixels) == 0:
         return 0.0
     entropies = []
@@ -122,10 +127,12 @@ def refine_masks_many(
     images: Sequence[NDArray[np.uint8]],
     masks: Sequence[MaskSet],
     source: MaskSource,
-    settings: RefineSettings,
+    settings: RefineSettings | Sequence[RefineSettings],
 ) -> list[tuple[MaskSet, RefinementReport]]:
-    """`refine_masks` for several images; every crop of every image in one source call."""
-    flagged = [find_under_segmented(im, m, settings) for im, m in zip(images, masks, strict=True)]
+    """`refine_masks` for several images (`settings` for all, or one each); every crop of
+    every image in one source call."""
+    each = [settings] * len(images) if isinstance(settings, RefineSettings) else list(settings)
+    flagged = [find_under_segmented(im, m, s) for im, m, s in zip(images, masks, each, strict=True)]
     owners, crops, windows = [], [], []
     for k, (image, image_masks, indices) in enumerate(zip(images, masks, flagged, strict=True)):
         for i in indices:
@@ -138,14 +145,16 @@ def refine_masks_many(
         owners, crops, windows, source.generate_many(crops, windows) if crops else [], strict=True
     ):
         pieces = pieces.select(
-            white_fraction(pieces, white_pixels(crop)) < settings.crop_white_drop
+            white_fraction(pieces, white_pixels(crop)) < each[owner].crop_white_drop
         )
         if len(pieces):
             found[owner].append(_place(pieces, window, masks[owner].shape))
     results = []
-    for image_masks, indices, pieces_found in zip(masks, flagged, found, strict=True):
+    for image_masks, indices, pieces_found, image_settings in zip(
+        masks, flagged, found, each, strict=True
+    ):
         refined = MaskSet.concat(pieces_found, image_masks.shape).with_stage(STAGE_REFINED)
-        candidates = int((image_masks.areas > settings.min_area).sum())
+        candidates = int((image_masks.areas > image_settings.min_area).sum())
         log.debug(
             "refinement: %d candidates, %d under-segmented, %d new masks",
             candidates,
