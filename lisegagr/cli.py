@@ -23,6 +23,7 @@ from rich.table import Table
 
 from lisegagr_core.config import EngineConfig, load_config
 from lisegagr_core.errors import LisegagrError
+from lisegagr_core.storage import check_writable
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest, WeightsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -156,6 +157,7 @@ def segment(
     if working_size is not None:
         overrides["working_size"] = working_size
     try:
+        check_writable(str(output))
         source, engine_config, described = _engine_setup(
             model, weights_dir, device, config, overrides
         )

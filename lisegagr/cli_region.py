@@ -22,6 +22,7 @@ from lisegagr.cli import (
     out,
 )
 from lisegagr_core.errors import LisegagrError
+from lisegagr_core.storage import check_writable, storage_errors
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
@@ -74,6 +75,7 @@ def execute_run(
             upscale_model=region_config.upscale_model,
             align=region_config.core,
         )
+        check_writable(output)
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     _say("model:", source_spec.describe())
@@ -296,14 +298,19 @@ def export(
     if format not in EXPORT_DRIVERS:
         raise _fail(f"--format must be one of {', '.join(EXPORT_DRIVERS)}, not {format!r}.")
     source = f"{output.rstrip('/')}/fields.parquet"
+    target = destination or f"{output.rstrip('/')}/fields.{format}"
     try:
-        fields = gpd.read_parquet(source)
+        with storage_errors(source):
+            fields = gpd.read_parquet(source)
+        check_writable(target.rsplit("/", 1)[0] if "/" in target else ".")
+        with storage_errors(target):
+            fields.to_file(target, driver=EXPORT_DRIVERS[format])
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise _fail(
             f"{source} could not be read ({exc.__class__.__name__}); is {output} a run's output?"
         ) from None
-    target = destination or f"{output.rstrip('/')}/fields.{format}"
-    fields.to_file(target, driver=EXPORT_DRIVERS[format])
     out.print(f"{len(fields)} fields → {target}")
 
 
@@ -333,7 +340,8 @@ def preview(
         raise _fail(str(exc)) from None
     import cv2
 
-    cv2.imwrite(str(image), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not cv2.imwrite(str(image), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise _fail(f"{image}: the preview could not be written (is the folder there?).")
     out.print(f"{picture.shape[1]}×{picture.shape[0]} preview → {image}")
 
 

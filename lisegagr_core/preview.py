@@ -17,17 +17,19 @@ from lisegagr_core.errors import InputError
 from lisegagr_core.export import render_overlay
 from lisegagr_core.mosaic import open_mosaic, read_window
 from lisegagr_core.rasters import open_rasters
+from lisegagr_core.storage import storage_errors
 
 
 def read_manifest(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     url = f"{output.rstrip('/')}/manifest.json"
-    try:
-        with fsspec.open(url, "r", **(storage_options or {})) as stream:
-            return dict(json.load(stream))
-    except FileNotFoundError:
-        raise InputError(
-            f"{url}: no such file; is {output} the output of `lisegagr run`?"
-        ) from None
+    with storage_errors(url):
+        try:
+            with fsspec.open(url, "r", **(storage_options or {})) as stream:
+                return dict(json.load(stream))
+        except FileNotFoundError:
+            raise InputError(
+                f"{url}: no such file; is {output} the output of `lisegagr run`?"
+            ) from None
 
 
 def render_preview(

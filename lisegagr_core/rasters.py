@@ -37,6 +37,7 @@ from rasterio.windows import Window
 
 from lisegagr_core.errors import InputError
 from lisegagr_core.imagery import apply_stretch, percentile_limits
+from lisegagr_core.storage import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -239,25 +240,23 @@ def expand_sources(
                 expanded.append((local, None))
             continue
         fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
-        try:
-            if any(ch in path for ch in "*?["):
-                paths = sorted(fs.glob(path))
-                if not paths:
-                    raise InputError(f"{source}: no raster matches this pattern.")
-            elif fs.isdir(path):
-                paths = sorted(
-                    p for p in fs.ls(path, detail=False) if p.lower().endswith(RASTER_SUFFIXES)
-                )
-                if not paths:
-                    raise InputError(f"{source}: the folder holds no raster.")
-            else:
-                paths = [path]
-        except PermissionError:
-            raise InputError(
-                f"{source}: access denied (check the credentials and the bucket policy)."
-            ) from None
-        expanded += [(p, fs) for p in paths]
+        with storage_errors(source):
+            expanded += [(p, fs) for p in _remote_paths(source, fs, path)]
     return expanded
+
+
+def _remote_paths(source: str, fs: Any, path: str) -> list[str]:
+    if any(ch in path for ch in "*?["):
+        paths = sorted(fs.glob(path))
+        if not paths:
+            raise InputError(f"{source}: no raster matches this pattern.")
+        return list(paths)
+    if fs.isdir(path):
+        paths = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(RASTER_SUFFIXES))
+        if not paths:
+            raise InputError(f"{source}: the folder holds no raster.")
+        return paths
+    return [path]
 
 
 def _display(path: str, fs: Any) -> str:
@@ -271,6 +270,13 @@ def _inspect(
     path: str, fs: Any, bands: Sequence[int] | None
 ) -> tuple[SourceRaster, tuple[int, ...]]:
     name = _display(path, fs)
+    with storage_errors(name):
+        return _inspect_dataset(name, path, fs, bands)
+
+
+def _inspect_dataset(
+    name: str, path: str, fs: Any, bands: Sequence[int] | None
+) -> tuple[SourceRaster, tuple[int, ...]]:
     try:
         if fs is not None and not fs.exists(path):
             raise InputError(f"{name}: no such object.")

@@ -1,0 +1,150 @@
+"""Storage, credential and permission problems: one sentence naming the place, exit 2, no work."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lisegagr.cli import app
+from lisegagr_core.storage import StorageError, check_writable
+
+runner = CliRunner()
+
+TINY = ["--model", "tiny", "--device", "cpu"]
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+
+    path = tmp_path / "scene.tif"
+    write_georeferenced_scene(path, make_farmland_scene(128, seed=1))
+    return path
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No credential anywhere boto looks (environment, files, instance metadata)."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _one_sentence(output: str) -> str:
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    return line
+
+
+def test_run_into_a_folder_under_a_file_is_refused_before_any_work(
+    scene: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    out = tmp_path / "taken" / "map"
+    result = runner.invoke(app, ["run", str(scene), "--out", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: a file is in the way" in _one_sentence(result.output)
+    assert "prefect:" not in result.output  # no server was started
+
+
+def test_segment_into_a_folder_under_a_file_fails_before_segmenting(
+    scene: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    out = tmp_path / "taken" / "out"
+    result = runner.invoke(app, ["segment", str(scene), "-o", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: a file is in the way" in _one_sentence(result.output)
+    assert "model:" not in result.output  # refused before the model was even loaded
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_run_to_a_bucket_without_credentials_is_one_sentence(scene: Path) -> None:
+    started = time.monotonic()
+    result = runner.invoke(app, ["run", str(scene), "--out", "s3://maps/x", *TINY])
+    assert result.exit_code == 2, result.output
+    assert "s3://maps/x: no storage credentials were found" in _one_sentence(result.output)
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_status_of_a_bucket_without_credentials_is_one_sentence() -> None:
+    result = runner.invoke(app, ["status", "s3://maps/x"])
+    assert result.exit_code == 2, result.output
+    assert "s3://maps/x/manifest.json: no storage credentials" in _one_sentence(result.output)
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_reading_a_bucket_without_credentials_is_one_sentence(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "s3://imagery/scene.tif", "--out", str(tmp_path), *TINY])
+    assert result.exit_code == 2, result.output
+    assert "s3://imagery/scene.tif" in _one_sentence(result.output)
+    assert "no storage credentials" in result.output
+
+
+def test_a_dead_endpoint_is_one_sentence(
+    scene: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    result = runner.invoke(app, ["run", str(scene), "--out", "s3://maps/x", *TINY])
+    assert result.exit_code == 2, result.output
+    line = _one_sentence(result.output)
+    assert f"s3://maps/x: http://127.0.0.1:{port} cannot be reached" in line
+
+
+def test_a_missing_bucket_is_found_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .test_s3 import _moto_server
+
+    with _moto_server() as endpoint:
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(StorageError, match=r"s3://no-such-bucket/x: no such"):
+            check_writable("s3://no-such-bucket/x")
+        assert not s3fs.S3FileSystem().exists("no-such-bucket")  # not created by the check
+
+
+def test_export_to_a_folder_under_a_file_is_one_sentence(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    run = tmp_path / "run"
+    run.mkdir()
+    gpd.GeoDataFrame({"id": [1]}, geometry=[box(0, 0, 1, 1)], crs="EPSG:32615").to_parquet(
+        run / "fields.parquet"
+    )
+    (tmp_path / "taken").write_text("a file")
+    target = tmp_path / "taken" / "fields.gpkg"
+    result = runner.invoke(app, ["export", str(run), "--to", str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'taken'}: a file is in the way" in _one_sentence(result.output)
