@@ -284,6 +284,21 @@ def default_model(weights_dir: Path, manifest: Any) -> str:
     return str(manifest.default)
 
 
+def with_default_classifier(
+    config: RegionConfig, weights_dir: str | None, *, enabled: bool = True
+) -> RegionConfig:
+    """`config` with the manifest's default classifier when it names none; without one when
+    not `enabled`. A shipped classifier that is missing or altered raises WeightsError."""
+    from lisegagr_core.weights import default_classifier
+
+    if not enabled:
+        return config.model_copy(update={"classifier": None})
+    if config.classifier:
+        return config
+    path = default_classifier(Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR)
+    return config if path is None else config.model_copy(update={"classifier": str(path)})
+
+
 @flow(name="lisegagr-region", flow_run_name="region {out}")
 def region_flow(
     sources: list[str],
@@ -295,10 +310,12 @@ def region_flow(
     device: str | None = None,
     weights_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
+    classify: bool = True,
 ) -> dict[str, Any]:
     """Map the fields of `sources` into `out` (see the module docstring)."""
     source, settings = sam_source(model, weights_dir, device)
     region_config = load_region_config(config, overrides, model_settings=settings)
+    region_config = with_default_classifier(region_config, weights_dir, enabled=classify)
     return map_region.with_options(task_runner=task_runner(scheduler, workers))(
         sources, out, region_config, source
     )

@@ -149,6 +149,16 @@ def train(
     seed: int = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     device: DeviceOption = None,
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the weights as float16 (half the file).")
+    ] = False,
+    make_default: Annotated[
+        bool,
+        typer.Option(
+            "--default",
+            help="Make it the default classifier of the manifest in its folder (with a card).",
+        ),
+    ] = False,
 ) -> None:
     """Train the classifier (cross-entropy, SGD); writes FILE and FILE's .json summary."""
     from lisegagr_core.classify import ClassifierConfig, train_classifier
@@ -192,12 +202,28 @@ def train(
             augment=augment,
             seed=seed,
             num_workers=workers,
+            half=half,
             on_epoch=on_epoch,
         )
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     summary = output.with_name(output.name + ".json")
     summary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if make_default:
+        from lisegagr_core.classify.card import write_classifier_card
+        from lisegagr_core.training import register_classifier
+
+        card = write_classifier_card(report, data, output.with_suffix(".md"))
+        try:
+            register_classifier(
+                output.parent / "manifest.json",
+                output,
+                card_path=card,
+                source=f"trained by `lisegagr classifier train` on {data}; see {card.name}",
+            )
+        except LisegagrError as exc:
+            raise _fail(str(exc)) from None
+        out.print(f"registered {output.name} as the default classifier; card {card}")
     out.print(table)
     out.print(
         f"{output} (sha256 {report.sha256[:16]}…, {report.seconds:.0f} s on {report.device}); "

@@ -51,7 +51,8 @@ _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = frozenset(
     {"arch", "url", "filename", "size", "sha256", "architecture", "settings", "card", "source"}
 )
-_MANIFEST_KEYS = frozenset({"description", "default", "checkpoints"})
+_MANIFEST_KEYS = frozenset({"description", "default", "checkpoints", "classifier"})
+_CLASSIFIER_KEYS = frozenset({"filename", "size", "sha256", "card", "source"})
 _DOWNLOAD_CHUNK = 1 << 20
 
 
@@ -81,11 +82,25 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class ClassifierSpec:
+    """The field / non-field classifier used when a run names none: a file committed next to
+    the manifest, pinned by size and sha256."""
+
+    filename: str
+    size: int
+    sha256: str
+    card: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """The checkpoints lisegagr can load by name, and the model used when none is configured."""
+    """The checkpoints lisegagr can load by name, the model used when none is configured, and
+    the default field classifier (None until one is shipped)."""
 
     entries: dict[str, CheckpointSpec]
     default: str
+    classifier: ClassifierSpec | None = None
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -112,7 +127,8 @@ class Manifest:
         if not isinstance(default, str) or (default != TINY_MODEL_NAME and default not in entries):
             choices = [TINY_MODEL_NAME, *entries]
             raise WeightsError(f"{shown} names default model {default!r}, not one of {choices}")
-        return cls(entries=entries, default=default)
+        classifier = _classifier_from_json(raw.get("classifier"), shown)
+        return cls(entries=entries, default=default, classifier=classifier)
 
     def find_by_sha256(self, sha256: str) -> CheckpointSpec | None:
         """The entry whose checkpoint hashes to `sha256`, if any."""
@@ -135,6 +151,50 @@ class CheckpointStatus:
     present: bool
     verified: bool | None
     size: int | None
+
+
+def _classifier_from_json(raw: Any, shown: str) -> ClassifierSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"filename", "size", "sha256"} <= set(raw):
+        raise WeightsError(f"{shown}: 'classifier' needs filename, size and sha256")
+    unknown = sorted(set(raw) - _CLASSIFIER_KEYS)
+    if unknown:
+        raise WeightsError(f"{shown}: 'classifier' has unknown keys {unknown}")
+    sha256 = raw["sha256"]
+    if not isinstance(sha256, str) or not _SHA256_PATTERN.fullmatch(sha256):
+        raise WeightsError(f"{shown}: the classifier's sha256 must be 64 lowercase hex digits")
+    if not isinstance(raw["size"], int) or raw["size"] <= 0:
+        raise WeightsError(f"{shown}: the classifier's size must be a positive integer")
+    return ClassifierSpec(
+        filename=str(raw["filename"]),
+        size=raw["size"],
+        sha256=sha256,
+        card=raw.get("card"),
+        source=raw.get("source"),
+    )
+
+
+def default_classifier(weights_dir: Path, manifest: Manifest | None = None) -> Path | None:
+    """The manifest's default classifier file, checked against its size and sha256; None when
+    the manifest names none. A missing or altered file raises WeightsError with the fix."""
+    manifest = manifest if manifest is not None else Manifest.load(weights_dir / "manifest.json")
+    spec = manifest.classifier
+    if spec is None:
+        return None
+    path = weights_dir / spec.filename
+    shown = display_path(path)
+    fix = (
+        "restore it from the project repository (`git checkout -- weights/`), "
+        "pass --classifier PATH, or run with --no-classifier"
+    )
+    if not path.is_file():
+        raise WeightsError(f"{shown}, the default classifier, is missing; {fix}")
+    if path.stat().st_size != spec.size or sha256_file(path) != spec.sha256:
+        raise WeightsError(
+            f"{shown}, the default classifier, does not match the sha256 in the manifest; {fix}"
+        )
+    return path
 
 
 def display_path(path: Path) -> str:

@@ -203,13 +203,20 @@ def state_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_classifier(
-    model: FieldClassifier, path: str | Path, metadata: Mapping[str, Any] | None = None
+    model: FieldClassifier,
+    path: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    half: bool = False,
 ) -> str:
     """Write the classifier file (atomically) and return the sha256 of its weights.
 
-    metadata: JSON-ready facts about training, stored as a JSON string.
+    metadata: JSON-ready facts about training, stored as a JSON string. half: store the
+    floating-point weights as float16 (half the file; they load back into float32).
     """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     digest = state_sha256(state)
     payload = {
         "format": FILE_FORMAT,

@@ -140,6 +140,7 @@ def train_classifier(
     augment: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    half: bool = False,
     progress: bool = True,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainingReport:
@@ -148,7 +149,8 @@ def train_classifier(
     schedule: "constant" learning rate (the paper's) or "cosine" decay to 0 over all steps,
     which settles the last epoch's weights when the rate is high. augment: random flips and
     quarter turns of each training crop (colours unchanged; the paper trains without).
-    num_workers: DataLoader processes decoding PNGs. progress: a rich progress bar on stderr.
+    num_workers: DataLoader processes decoding PNGs. half: store the weights as float16.
+    progress: a rich progress bar on stderr.
     on_epoch is called with each epoch's metrics.
     """
     config = config or ClassifierConfig()
@@ -227,7 +229,10 @@ def train_classifier(
                 on_epoch(metrics)
     seconds = time.perf_counter() - started
     digest = save_classifier(
-        model, out_file, {**settings, "history": [asdict(m) for m in history], "seconds": seconds}
+        model,
+        out_file,
+        {**settings, "history": [asdict(m) for m in history], "seconds": seconds},
+        half=half,
     )
     return TrainingReport(
         path=str(out_file),

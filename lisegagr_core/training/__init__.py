@@ -31,7 +31,7 @@ from lisegagr_core.training.evaluation import (
     evaluate_model,
     write_evaluation,
 )
-from lisegagr_core.training.registry import register_model
+from lisegagr_core.training.registry import register_classifier, register_model
 from lisegagr_core.training.settings import (
     FIELDS_256_CPU,
     FIELDS_512,
@@ -79,6 +79,7 @@ __all__ = [
     "load_training_set",
     "model_card",
     "read_scene",
+    "register_classifier",
     "register_model",
     "save_fp16_state_dict",
     "split_by_image",

@@ -95,6 +95,36 @@ def register_model(
     return Manifest.load(manifest_path).entries[name]
 
 
+def register_classifier(
+    manifest_path: Path,
+    classifier_path: Path,
+    *,
+    card_path: Path | None = None,
+    source: str | None = None,
+) -> None:
+    """Make the classifier saved at `classifier_path` (in the manifest's folder) the default
+    classifier of the manifest: the one runs use when they name none."""
+    folder = manifest_path.resolve().parent
+    if classifier_path.resolve().parent != folder:
+        raise WeightsError(
+            f"{display_path(classifier_path)} must lie in {display_path(folder)}, the folder of "
+            "the manifest that names it"
+        )
+    raw = _read_raw(manifest_path)
+    entry: dict[str, Any] = {
+        "filename": classifier_path.name,
+        "size": classifier_path.stat().st_size,
+        "sha256": sha256_file(classifier_path),
+    }
+    if card_path is not None:
+        entry["card"] = os.path.relpath(card_path.resolve(), folder)
+    if source is not None:
+        entry["source"] = source
+    raw["classifier"] = entry
+    _write_validated(manifest_path, raw)
+    log.info("registered %s as the default classifier", display_path(classifier_path))
+
+
 def _read_raw(manifest_path: Path) -> dict[str, Any]:
     """The manifest's JSON (validated first), or a new empty manifest when there is none."""
     if not manifest_path.exists():
