@@ -7,3 +7,7 @@ class LisegagrError(Exception):
 
 class InputError(LisegagrError):
     """Bad user input; the message is one sentence naming the file and the problem."""
+
+
+class TransientError(LisegagrError):
+    """A failure that may pass when tried again (a storage service or network hiccup)."""

@@ -35,7 +35,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from lisegagr_core.errors import InputError
+from lisegagr_core.errors import InputError, TransientError
 from lisegagr_core.imagery import apply_stretch, percentile_limits
 from lisegagr_core.storage import storage_errors
 
@@ -181,7 +181,10 @@ def _read_window(
             data = dataset.read(list(bands), window=window)
             valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
     except (RasterioError, OSError) as exc:
-        raise InputError(f"{raster.url} could not be read at {window} ({_short(exc)}).") from None
+        message = f"{raster.url} could not be read at {window} ({_short(exc)})."
+        if raster.opener is not None:  # read through a storage service: may pass on a retry
+            raise TransientError(message) from None
+        raise InputError(message) from None
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
     if raster.limits is not None:
@@ -292,6 +295,7 @@ def _inspect_dataset(
                     )
             if len(chosen) not in (1, 3):
                 raise InputError(f"{name}: choose one or three bands, not {len(chosen)}.")
+            _check_complete(dataset, name, fs.size(path) if fs is not None else None)
             dtype = dataset.dtypes[chosen[0] - 1]
             limits = None
             if dtype != "uint8":
@@ -317,6 +321,30 @@ def _inspect_dataset(
     except RasterioError as exc:
         raise InputError(f"{name} is not a readable raster ({_short(exc)}).") from None
     return raster, chosen
+
+
+def _check_complete(dataset: Any, name: str, file_size: int | None) -> None:
+    """Refuse a GeoTIFF whose blocks run past the end of the file (a cut-off copy or download).
+
+    Reads only the block index (offsets and sizes), never pixels.
+    """
+    if dataset.driver != "GTiff":
+        return
+    if file_size is None:
+        file_size = Path(dataset.name).stat().st_size
+    block_rows, block_cols = dataset.block_shapes[0]
+    rows, cols = -(-dataset.height // block_rows), -(-dataset.width // block_cols)
+    bands = range(1, dataset.count + 1) if dataset.interleaving.name == "band" else (1,)
+    for band in bands:
+        for row in range(rows):
+            for col in range(cols):
+                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                size = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                if offset and size and int(offset) + int(size) > file_size:
+                    raise InputError(
+                        f"{name} is truncated: its block at row {row}, column {col} ends at byte "
+                        f"{int(offset) + int(size)} of a {file_size}-byte file; copy it again."
+                    )
 
 
 def _stretch_limits(dataset: Any, bands: tuple[int, ...]) -> NDArray[np.float64]:

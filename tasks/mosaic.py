@@ -23,6 +23,7 @@ from lisegagr_core.region import (
     merge,
     write_tile,
 )
+from tasks.retries import retry_if_transient
 
 #: Storage writes and reads fail transiently (S3, network): retry with backoff.
 RETRIES, JITTER = 3, 0.5
@@ -34,6 +35,7 @@ BACKOFF: list[float] = [1.0, 4.0, 16.0]
     retries=RETRIES,
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
+    retry_condition_fn=retry_if_transient,
 )
 def merge_tiles(
     grid: TileGrid, statuses: Mapping[str, TileStatus], config: RegionConfig, paths: RegionPaths
@@ -46,6 +48,7 @@ def merge_tiles(
     retries=RETRIES,
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
+    retry_condition_fn=retry_if_transient,
 )
 def create_mosaic_task(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
     create_region_mosaic(rasters, grid, paths)
@@ -57,6 +60,7 @@ def create_mosaic_task(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -
     retries=RETRIES,
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
+    retry_condition_fn=retry_if_transient,
 )
 def write_tile_core(
     spec: TileSpec,
@@ -77,6 +81,7 @@ def write_tile_core(
     retries=RETRIES,
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
+    retry_condition_fn=retry_if_transient,
 )
 def attributes_task(
     grid: TileGrid,
@@ -98,6 +103,7 @@ def attributes_task(
     retries=RETRIES,
     retry_delay_seconds=BACKOFF,
     retry_jitter_factor=JITTER,
+    retry_condition_fn=retry_if_transient,
 )
 def vectorise(
     rasters: RasterSet, grid: TileGrid, attributes: pd.DataFrame, paths: RegionPaths

@@ -27,6 +27,7 @@ from lisegagr_core.region import (
 )
 from lisegagr_core.source_specs import SourceSpec
 from lisegagr_core.tiles import read_tile
+from tasks.retries import retry_if_transient
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def segment_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     retries=3,
     retry_delay_seconds=[1, 4, 16],
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
 )
 def hash_tile(
     rasters: RasterSet, spec: TileSpec, config: RegionConfig, model_id: str
@@ -94,6 +96,7 @@ def _batch_name() -> str:
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
 )
 def segment_tiles(
     rasters: RasterSet,
@@ -170,6 +173,7 @@ def classify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
 )
 def classify_tile(
     rasters: RasterSet,
