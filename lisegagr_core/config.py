@@ -8,6 +8,7 @@ from their canonical JSON, so a changed threshold invalidates exactly the result
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -19,7 +20,7 @@ from lisegagr_core.errors import InputError
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 # Bump when a change to the engine changes its output for the same settings.
-ALGORITHM_VERSION = "1"
+ALGORITHM_VERSION = "2"
 
 
 class _Settings(BaseModel):
@@ -83,15 +84,19 @@ class WhiteningSettings(_Settings):
     """How a tile is whitened between rounds to show only what is still unsegmented."""
 
     mask_dilation_px: int = Field(3, ge=0)
-    """Kept masks are dilated by this many pixels before they are painted white."""
+    """Kept masks are dilated this far (city-block radius: a diamond, as three binary
+    dilations with a cross) before they are painted white. Reference-frame pixels."""
     residue_max_area: float = Field(200.0, ge=0)
-    """Dark specks (external contours of the Otsu-inverted grey image) under this area go."""
+    """Dark specks (external contours of the Otsu-inverted grey image) under this area go.
+    Reference-frame pixels."""
     dark_region_min_area: int = Field(1000, ge=0)
-    """Dark regions (grey at or below Otsu) under this area are painted white."""
+    """Dark regions (scikit-image grey below Otsu, 4-connected) under this area are painted
+    white. Reference-frame pixels."""
     bright_threshold: int = Field(200, ge=0, le=255)
     """Pixels whose three channels are all above this are painted white."""
-    edge_erase_from_round: int = Field(3, ge=2)
-    """From the whitening that prepares this round on, strong edges are erased first."""
+    edge_erase_from_round: int = Field(4, ge=2)
+    """From the whitening that prepares this round on, strong edges are erased first (the
+    reference erases them only in the image fed to round 4, its last)."""
     edge_canny_low: int = Field(100, ge=0)
     edge_canny_high: int = Field(200, ge=0)
     edge_dilate_kernel: int = Field(5, ge=1)
@@ -127,7 +132,7 @@ class RefineSettings(_Settings):
 
     enabled: bool = True
     min_area: int = Field(10_000, ge=0)
-    """Only masks larger than this (pixels) are candidates."""
+    """Only masks larger than this are candidates. Reference-frame pixels."""
     edge_ratio_thresh: float = Field(0.4, ge=0.0, le=1.0)
     """Share of edge pixels off the mask's outline above which a mask is suspect."""
     entropy_thresh: float = Field(6.0, ge=0.0, le=8.0)
@@ -152,6 +157,33 @@ class RefineSettings(_Settings):
         return self
 
 
+class ReferenceFrame(_Settings):
+    """The frame the method's pixel thresholds are stated in, and its scale to working pixels.
+
+    The reference scripts resize every image to `side_px` × `side_px` (aspect ignored), made
+    from 4× super-resolved imagery, and state every area and length in pixels of that frame.
+    Here those thresholds keep their paper values, in frame pixels, and each image or tile
+    converts them to its own pixels with `scale` (`EngineConfig.in_working_pixels`).
+    """
+
+    side_px: int = Field(1000, ge=1)
+    """Side of the reference frame (px)."""
+    reference_px_per_source_px: float = Field(1000 / 256, gt=0.0)
+    """Frame pixels per pixel of the paper's source imagery: NWPU-RESISC45's 256-px images,
+    4× super-resolved to 1024 px and resized to 1000. Tiled runs derive `scale` from it."""
+    scale: float | None = Field(None, gt=0.0)
+    """Frame pixels per working pixel (linear; areas scale by its square). None: the image is
+    the whole frame, as in the reference: sqrt(side² / (H·W)), 1 for a 1000×1000 image.
+    Tiled runs record `reference_px_per_source_px / upscale`."""
+
+    def area_scale_for(self, shape: tuple[int, int]) -> float:
+        """Frame pixels per working pixel, squared (the scale of areas), for an (H, W) image."""
+        if self.scale is not None:
+            return self.scale * self.scale
+        height, width = shape
+        return self.side_px * self.side_px / (height * width)
+
+
 class EngineConfig(_Settings):
     """The whole method: AMG, rounds with whitening, refinement and the final partition."""
 
@@ -159,9 +191,48 @@ class EngineConfig(_Settings):
     rounds: RoundSettings = RoundSettings()
     refine: RefineSettings = RefineSettings()
     min_component_area: int = Field(50, ge=1)
-    """Connected components under this many pixels are dropped."""
+    """Connected components under this area are dropped. Reference-frame pixels."""
     working_size: int | None = Field(1000, ge=64)
     """Longer side (px) images are resized to, as the paper does; None keeps their size."""
+    frame: ReferenceFrame = ReferenceFrame()
+    """The frame of the pixel thresholds and its scale to the working resolution."""
+
+    def in_working_pixels(self, shape: tuple[int, int]) -> EngineConfig:
+        """These settings with every area and length threshold in pixels of an (H, W) image.
+
+        With s frame pixels per working pixel, an area threshold A becomes A / s² and a length
+        L becomes L / s; integer thresholds are rounded so that the comparison on integer
+        areas is the exact one (≥ A/s² ⇔ ≥ ceil, > A/s² ⇔ > floor). The result's scale is 1.
+        """
+        area = self.frame.area_scale_for(shape)
+        if area == 1.0:
+            return self
+        s = math.sqrt(area)
+        whitening = self.rounds.whitening
+        return self.model_copy(
+            update={
+                "rounds": self.rounds.model_copy(
+                    update={
+                        "whitening": whitening.model_copy(
+                            update={
+                                "mask_dilation_px": math.floor(
+                                    whitening.mask_dilation_px / s + 0.5
+                                ),
+                                "residue_max_area": whitening.residue_max_area / area,
+                                "dark_region_min_area": math.ceil(
+                                    whitening.dark_region_min_area / area
+                                ),
+                            }
+                        )
+                    }
+                ),
+                "refine": self.refine.model_copy(
+                    update={"min_area": math.floor(self.refine.min_area / area)}
+                ),
+                "min_component_area": max(1, math.ceil(self.min_component_area / area)),
+                "frame": self.frame.model_copy(update={"scale": 1.0}),
+            }
+        )
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of every setting: the input of cache keys."""
@@ -199,6 +270,39 @@ class RegionConfig(_Settings):
         if isinstance(value, dict):
             return {"working_size": None, **value}
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tile_scale(cls, data: Any) -> Any:
+        """Record the scale of the thresholds at the tiles' resolution, unless one is given.
+
+        A tile pixel is 1/`upscale` of a source pixel, and the paper's frame has
+        `reference_px_per_source_px` frame pixels per source pixel.
+        """
+        if not isinstance(data, dict):
+            return data
+        upscale = data.get("upscale", 1)
+        if not isinstance(upscale, int | float) or upscale <= 0:
+            return data  # field validation reports it
+        engine = data.get("engine", EngineConfig(working_size=None))
+        if isinstance(engine, EngineConfig):
+            if engine.frame.scale is not None:
+                return data
+            frame = engine.frame
+            scaled = frame.model_copy(update={"scale": frame.reference_px_per_source_px / upscale})
+            return {**data, "engine": engine.model_copy(update={"frame": scaled})}
+        if isinstance(engine, dict):
+            frame_values = engine.get("frame", {})
+            if not isinstance(frame_values, dict) or frame_values.get("scale") is not None:
+                return data
+            per_source = frame_values.get(
+                "reference_px_per_source_px", ReferenceFrame().reference_px_per_source_px
+            )
+            if not isinstance(per_source, int | float):
+                return data
+            frame_values = {**frame_values, "scale": per_source / upscale}
+            return {**data, "engine": {**engine, "frame": frame_values}}
+        return data
 
     @model_validator(mode="after")
     def _tile_sized(self) -> RegionConfig:

@@ -4,6 +4,8 @@
 
 Rounds pool their masks as a list (the reference scripts take a pixel-wise maximum of the
 j-th mask of every round, which fuses unrelated masks; this is the method's intent).
+Area and length thresholds are in pixels of the method's reference frame; each image uses
+them converted to its own pixels (`EngineConfig.in_working_pixels`).
 """
 
 from __future__ import annotations
@@ -90,20 +92,23 @@ def iterative_rounds(
 
 
 def iterative_rounds_many(
-    images: Sequence[NDArray[np.uint8]], source: MaskSource, settings: RoundSettings
+    images: Sequence[NDArray[np.uint8]],
+    source: MaskSource,
+    settings: RoundSettings | Sequence[RoundSettings],
 ) -> list[tuple[MaskSet, list[RoundReport]]]:
-    """`iterative_rounds` over several images in lockstep.
+    """`iterative_rounds` over several images in lockstep; `settings` for all, or one each.
 
     Round k of every image that still needs it is one `generate_many` call, so a source
     that batches (the fast SAM generator) encodes those images together. Each image stops
     on its own, when its rounds are spent or too little of it is left unsegmented. A round's
     seconds are the shared call's, divided evenly among the images in it.
     """
+    each = [settings] * len(images) if isinstance(settings, RoundSettings) else list(settings)
     seen = list(images)
     pooled: list[list[MaskSet]] = [[] for _ in images]
     reports: list[list[RoundReport]] = [[] for _ in images]
     active = list(range(len(images)))
-    for round_number in range(1, settings.max_rounds + 1):
+    for round_number in range(1, max((s.max_rounds for s in each), default=0) + 1):
         started = time.perf_counter()
         windows = [Window(0, 0, seen[i].shape[1], seen[i].shape[0]) for i in active]
         proposals = source.generate_many([seen[i] for i in active], windows)
@@ -113,7 +118,7 @@ def iterative_rounds_many(
             kept = proposed
             if round_number > 1:
                 on_white = white_fraction(proposed, white_pixels(seen[i]))
-                kept = proposed.select(on_white < _white_drop(settings, round_number))
+                kept = proposed.select(on_white < _white_drop(each[i], round_number))
             pooled[i].append(kept.with_stage(round_number))
             reports[i].append(
                 RoundReport(
@@ -121,12 +126,12 @@ def iterative_rounds_many(
                 )
             )
             log.debug("round %d: %d proposed, %d kept", round_number, len(proposed), len(kept))
-            if round_number == settings.max_rounds:
+            if round_number == each[i].max_rounds:
                 continue
             shape = seen[i].shape[:2]
             covered = MaskSet.concat(pooled[i], shape).union()
-            seen[i] = whiten(seen[i], covered, round_number + 1, settings.whitening)
-            if unsegmented_fraction(seen[i]) >= settings.min_unsegmented_fraction:
+            seen[i] = whiten(seen[i], covered, round_number + 1, each[i].whitening)
+            if unsegmented_fraction(seen[i]) >= each[i].min_unsegmented_fraction:
                 still_active.append(i)
         active = still_active
         if not active:
@@ -147,7 +152,11 @@ def merge_rounds(masks: MaskSet, config: EngineConfig) -> MaskSet:
 def segment_image(
     image: NDArray[np.uint8], source: MaskSource, config: EngineConfig
 ) -> Segmentation:
-    """Run the whole method (steps 1 and 2 of the algorithm) on `image` (H, W, 3) uint8."""
+    """Run the whole method (steps 1 and 2 of the algorithm) on `image` (H, W, 3) uint8.
+
+    `config`'s pixel thresholds are in reference-frame pixels; the image's own scale
+    (`config.frame`) converts them.
+    """
     return segment_images([image], source, config)[0]
 
 
@@ -162,16 +171,17 @@ def segment_images(
     for image in images:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    rounds = iterative_rounds_many(images, source, config.rounds)
-    merged = [merge_rounds(pooled, config) for pooled, _ in rounds]
+    configs = [config.in_working_pixels(image.shape[:2]) for image in images]
+    rounds = iterative_rounds_many(images, source, [c.rounds for c in configs])
+    merged = [merge_rounds(pooled, c) for (pooled, _), c in zip(rounds, configs, strict=True)]
     finals = merged
     reports: list[RefinementReport | None] = [None] * len(images)
     if config.refine.enabled:
-        refinements = refine_masks_many(images, merged, source, config.refine)
+        refinements = refine_masks_many(images, merged, source, [c.refine for c in configs])
         finals = []
         for i, (refined, report) in enumerate(refinements):
             refined = dedup_keep_larger(
-                split_components(refined, config.min_component_area),
+                split_components(refined, configs[i].min_component_area),
                 config.refine.refined_dedup_iou,
             )
             finals.append(
@@ -182,8 +192,10 @@ def segment_images(
             )
             reports[i] = report
     results = []
-    for final, (_, round_reports), refinement in zip(finals, rounds, reports, strict=True):
-        parts = partition(final, config.min_component_area)
+    for final, (_, round_reports), refinement, resolved in zip(
+        finals, rounds, reports, configs, strict=True
+    ):
+        parts = partition(final, resolved.min_component_area)
         results.append(
             Segmentation(
                 labels=parts.labels,

@@ -142,7 +142,8 @@ def _tile_result(
     """A tile's segmentation with invalid pixels cleared and the labels re-split."""
     ids = segmentation.labels.astype(np.int64)
     ids[~tile.valid] = 0
-    labels, origin = resplit_labels(ids, config.min_component_area)
+    min_area = config.in_working_pixels(ids.shape).min_component_area
+    labels, origin = resplit_labels(ids, min_area)
     areas = np.bincount(labels.ravel(), minlength=len(origin) + 1)[1:]
     instances = [
         Instance(

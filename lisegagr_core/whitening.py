@@ -2,8 +2,11 @@
 
 Each function takes an RGB image `(H, W, 3) uint8` and returns a new one; white is
 (255, 255, 255). The order inside one whitening is: kept masks painted white, strong edges
-erased (from round `edge_erase_from_round` on), small dark residue painted white, and
-everything but large dark regions painted white.
+erased (for round `edge_erase_from_round` on: the reference erases them only in the image
+fed to round 4), small dark residue painted white, and everything but large dark regions
+painted white. As in the reference, the residue step uses OpenCV's grey (BT.601) and
+Otsu's `≤`, the dark-region step scikit-image's grey (Rec. 709), a strict `<` and
+4-connected regions.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+from skimage.color import rgb2gray
+from skimage.filters import threshold_otsu
 
 from lisegagr_core.config import WhiteningSettings
 
@@ -29,11 +34,20 @@ def unsegmented_fraction(image: Image) -> float:
     return 1.0 - float(white_pixels(image).mean())
 
 
+def diamond(radius: int) -> NDArray[np.uint8]:
+    """(2r+1, 2r+1) uint8 kernel of the pixels within city-block distance `radius`.
+
+    One dilation with it equals `radius` binary dilations with a 3×3 cross (the reference's
+    `scipy.ndimage.binary_dilation(mask, iterations=3)`).
+    """
+    offsets = np.abs(np.arange(-radius, radius + 1))
+    return (offsets[:, None] + offsets[None, :] <= radius).astype(np.uint8)
+
+
 def paint_masks_white(image: Image, covered: NDArray[np.bool_], dilation_px: int) -> Image:
-    """Paint `covered` (H, W) bool, dilated by `dilation_px` in every direction, white."""
+    """Paint `covered` (H, W) bool, dilated by `dilation_px` (city-block), white."""
     if dilation_px > 0:
-        kernel = np.ones((2 * dilation_px + 1, 2 * dilation_px + 1), dtype=np.uint8)
-        covered = cv2.dilate(covered.astype(np.uint8), kernel).astype(bool)
+        covered = cv2.dilate(covered.astype(np.uint8), diamond(dilation_px)).astype(bool)
     out = image.copy()
     out[covered] = WHITE
     return out
@@ -69,12 +83,22 @@ def clear_dark_residue(image: Image, max_area: float) -> Image:
     return out
 
 
-def keep_large_dark_regions(image: Image, min_area: int, bright_threshold: int) -> Image:
-    """Paint white all but dark regions (grey ≤ Otsu) of `min_area` px or more, and bright pixels.
+def _dark_pixels_rec709(image: Image) -> NDArray[np.uint8]:
+    """(H, W) uint8 255 where scikit-image's grey is strictly below its Otsu threshold, else 0."""
+    grey = rgb2gray(image)
+    return np.where(grey < threshold_otsu(grey), WHITE, 0).astype(np.uint8)
 
-    Bright pixels are those whose three channels are all above `bright_threshold`.
+
+def keep_large_dark_regions(image: Image, min_area: int, bright_threshold: int) -> Image:
+    """Paint white all but dark regions of `min_area` px or more, and bright pixels.
+
+    Dark: scikit-image's grey (Rec. 709 weights) strictly below its Otsu threshold; regions
+    are 4-connected (the reference's `remove_small_objects`). Bright pixels are those whose
+    three channels are all above `bright_threshold`.
     """
-    _, regions, stats, _ = cv2.connectedComponentsWithStats(_dark_pixels(image), connectivity=8)
+    _, regions, stats, _ = cv2.connectedComponentsWithStats(
+        _dark_pixels_rec709(image), connectivity=4
+    )
     large = stats[:, cv2.CC_STAT_AREA] >= min_area
     large[0] = False  # component 0 is the not-dark background
     keep = large[regions]

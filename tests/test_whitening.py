@@ -1,4 +1,5 @@
 import numpy as np
+from scipy import ndimage
 
 from lisegagr_core.config import WhiteningSettings
 from lisegagr_core.whitening import (
@@ -18,13 +19,15 @@ def _canvas(h: int = 80, w: int = 80, value: int = GREY) -> np.ndarray:
     return np.full((h, w, 3), value, dtype=np.uint8)
 
 
-def test_masks_are_painted_white_dilated_by_three_pixels() -> None:
+def test_masks_are_painted_white_dilated_by_a_three_pixel_diamond() -> None:
+    # the reference: scipy's binary_dilation with its 3×3 cross, three iterations
     image = _canvas()
     covered = np.zeros((80, 80), bool)
     covered[40, 40] = True
+    covered[10:20, 5:30] = True
     white = white_pixels(paint_masks_white(image, covered, dilation_px=3))
-    assert white.sum() == 7 * 7
-    assert white[37, 37] and white[43, 43] and not white[36, 40] and not white[40, 44]
+    np.testing.assert_array_equal(white, ndimage.binary_dilation(covered, iterations=3))
+    assert white[37, 40] and white[40, 43] and white[38, 39] and not white[37, 37]
 
 
 def test_small_dark_specks_are_painted_white_and_large_ones_kept() -> None:
@@ -46,6 +49,33 @@ def test_only_large_dark_regions_survive() -> None:
     assert not white[40:80, 30:80].any()
     # everything outside the kept region is white, bright or not
     assert white[0:5, :].all()
+
+
+def test_dark_regions_come_from_rec709_grey() -> None:
+    # Rec. 709 (scikit-image) grey: green 154.5 > magenta 128.5, so magenta is the dark half;
+    # BT.601 (OpenCV) would say the opposite (133.9 < 141.3).
+    image = _canvas(60, 80)
+    image[:, :40] = (40, 200, 40)
+    image[:, 40:] = (200, 100, 200)
+    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
+    assert white[:, :40].all()
+    assert not white[:, 40:].any()
+
+
+def test_dark_regions_are_four_connected() -> None:
+    # two 30×30 dark squares touching at a corner: two regions of 900 px, both under 1000
+    image = _canvas(80, 80, value=180)
+    image[10:40, 10:40] = 40
+    image[40:70, 40:70] = 40
+    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
+    assert white.all()
+    assert not white_pixels(keep_large_dark_regions(image, 900, 200))[10:40, 10:40].any()
+
+
+def test_a_single_grey_level_has_no_dark_region() -> None:
+    # Otsu of one level is that level; dark is strictly below it, so nothing is kept
+    out = keep_large_dark_regions(_canvas(50, 50, value=90), min_area=1, bright_threshold=200)
+    assert white_pixels(out).all()
 
 
 def test_bright_pixels_are_painted_white_even_inside_dark_regions() -> None:
@@ -71,16 +101,19 @@ def test_strong_edges_are_erased_where_the_blurred_edges_saturate() -> None:
     assert not white_pixels(erase_strong_edges(image, WhiteningSettings())).any()
 
 
-def test_edges_are_erased_only_from_round_three_on() -> None:
+def test_edges_are_erased_only_in_the_image_fed_to_round_four() -> None:
+    # the reference erases strong edges after round 3 (round_3 → upgrade_3.jpg → round 4)
     image = np.full((120, 120, 3), 60, dtype=np.uint8)
     for x in range(20, 60, 8):
         image[:, x : x + 4] = 190
     covered = np.zeros((120, 120), bool)
     settings = WhiteningSettings(dark_region_min_area=0, residue_max_area=0)
-    before = whiten(image, covered, next_round=2, settings=settings)
-    after = whiten(image, covered, next_round=3, settings=settings)
-    assert unsegmented_fraction(after) < unsegmented_fraction(before)
-    assert white_pixels(after)[:, 30:50].mean() > 0.9
+    for_round_2 = whiten(image, covered, next_round=2, settings=settings)
+    for_round_3 = whiten(image, covered, next_round=3, settings=settings)
+    for_round_4 = whiten(image, covered, next_round=4, settings=settings)
+    np.testing.assert_array_equal(for_round_3, for_round_2)
+    assert unsegmented_fraction(for_round_4) < unsegmented_fraction(for_round_3)
+    assert white_pixels(for_round_4)[:, 30:50].mean() > 0.9
 
 
 def test_unsegmented_fraction_counts_non_white_pixels() -> None:
