@@ -11,21 +11,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: prctl option: the signal a process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when the thread that started it dies
+    (Linux's PR_SET_PDEATHSIG), so a run killed with SIGKILL leaves no server behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def _healthy(api_url: str) -> bool:
@@ -67,7 +88,9 @@ def prefect_server(
 ) -> Iterator[str]:
     """Yield the API URL of a reachable Prefect server, starting a local one if none is given.
 
-    The URL is exported as PREFECT_API_URL for this process and the workers it starts.
+    The URL is exported as PREFECT_API_URL for this process and the workers it starts. A
+    local server stops with this context, and also when this process dies (even by SIGKILL),
+    so enter it from a thread that lives as long as the run (the main thread).
     """
     if api_url:
         with _api_url_everywhere(api_url):
@@ -97,7 +120,10 @@ def prefect_server(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # its own session, so a Ctrl-C in the terminal does not stop it before the run's logs
+        # are sent; tied to this process's life, so a killed run does not orphan it
         start_new_session=True,
+        preexec_fn=_die_with_parent(os.getpid()),
     )
     try:
         deadline = time.monotonic() + startup_timeout

@@ -61,7 +61,7 @@ def execute_run(
     from flows.server import prefect_server
     from lisegagr_core.config import load_region_config
     from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import TileStatus, plan
+    from lisegagr_core.region import RegionPaths, RunLock, TileStatus, plan
 
     try:
         settings: dict[str, Any] = {}
@@ -76,6 +76,7 @@ def execute_run(
             align=region_config.core,
         )
         check_writable(output)
+        RunLock(RegionPaths(output)).check()  # before any server or cluster starts
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     _say("model:", source_spec.describe())
@@ -230,13 +231,28 @@ def status(output: Annotated[str, typer.Argument(help="A run's output folder.")]
     for state, count in sorted(by_status.items()):
         table.add_row(state, str(count))
     out.print(
-        f"{output}: {manifest.get('state', 'unknown')}, {len(tiles)} tiles, "
-        f"model {manifest['model']}"
+        f"{output}: {_run_state(output, manifest)}, {len(tiles)} tiles, model {manifest['model']}",
+        soft_wrap=True,
     )
     out.print(table)
     for key, tile in tiles.items():
         if tile["status"] == "failed":
             out.print(f"  failed {key}: {tile['error']}", soft_wrap=True)
+
+
+def _run_state(output: str, manifest: dict[str, Any]) -> str:
+    """The manifest's state, except that a "running" run whose process is gone (killed, or
+    its machine restarted) is "interrupted, resumable"."""
+    from lisegagr_core.region import RegionPaths, RunLock
+
+    state = str(manifest.get("state", "unknown"))
+    if state != "running":
+        return state
+    with storage_errors(output):
+        holder = RunLock(RegionPaths(output)).holder()
+    if holder is None or RunLock.is_gone(holder):
+        return f"interrupted, resumable (`lisegagr resume {output}`)"
+    return f"running (pid {holder.get('pid')} on {holder.get('host')})"
 
 
 def _stored_tiles(output: str) -> set[str]:

@@ -504,21 +504,39 @@ class RunLock:
         self.paths = paths
         self.url = paths.join(".lock")
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock (host, pid, since), or None when nobody does."""
+        if not self.paths.exists(self.url):
+            return None
+        fs, path = fsspec.core.url_to_fs(self.url, **self.paths.storage_options)
+        with fs.open(path, "r") as stream:
+            return dict(json.load(stream))
+
+    @staticmethod
+    def is_gone(holder: Mapping[str, Any]) -> bool:
+        """Whether the holder is a run on this host whose process no longer exists."""
+        import socket
+
+        same_host = holder.get("host") == socket.gethostname()
+        return same_host and not _pid_alive(int(holder.get("pid", -1)))
+
+    def check(self) -> None:
+        """Raise `InputError` when a live run (or one on another host) holds the lock."""
+        holder = self.holder()
+        if holder is not None and not self.is_gone(holder):
+            raise InputError(
+                f"{self.paths.root} is being written by another run (pid {holder.get('pid')} "
+                f"on {holder.get('host')} since {holder.get('since')}); wait for it to "
+                f"finish, or delete {self.url} if that run is gone."
+            )
+
     def acquire(self) -> None:
         import os
         import socket
 
-        if self.paths.exists(self.url):
-            fs, path = fsspec.core.url_to_fs(self.url, **self.paths.storage_options)
-            with fs.open(path, "r") as stream:
-                holder = json.load(stream)
-            same_host = holder.get("host") == socket.gethostname()
-            if not (same_host and not _pid_alive(int(holder.get("pid", -1)))):
-                raise InputError(
-                    f"{self.paths.root} is being written by another run (pid {holder.get('pid')} "
-                    f"on {holder.get('host')} since {holder.get('since')}); wait for it to "
-                    f"finish, or delete {self.url} if that run is gone."
-                )
+        self.check()
+        holder = self.holder()
+        if holder is not None:
             log.warning("taking over the lock of a run that is gone (pid %s)", holder.get("pid"))
         self.paths.write_text(
             self.url,

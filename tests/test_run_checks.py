@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -57,3 +58,99 @@ def test_run_refuses_a_truncated_geotiff_in_one_sentence_before_any_work(
     assert "prefect:" not in result.output
     assert not (tmp_path / "out").exists()
     assert time.monotonic() - started < 30
+
+
+def _lock(out: Path, pid: int) -> None:
+    import json
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    holder = {"host": socket.gethostname(), "pid": pid, "since": "2026-01-01T00:00:00"}
+    (out / ".lock").write_text(json.dumps(holder))
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_second_run_is_refused_before_any_server_or_cluster_starts(
+    scene: Path, tmp_path: Path
+) -> None:
+    import os
+
+    out = tmp_path / "out"
+    _lock(out, os.getpid())  # a live holder: this very process
+    result = runner.invoke(app, ["run", str(scene), "--out", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert "is being written by another run" in _error_line(result.output)
+    assert "prefect:" not in result.output
+
+
+def test_status_reports_a_run_whose_process_is_gone_as_interrupted_and_resumable(
+    tmp_path: Path,
+) -> None:
+    import json
+    import os
+
+    out = tmp_path / "out"
+    _lock(out, _dead_pid())
+    manifest = {"state": "running", "model": "tiny", "tiles": {"r0c0": {"status": "pending"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["status", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "interrupted, resumable" in result.output and "lisegagr resume" in result.output
+
+    _lock(out, os.getpid())
+    alive = runner.invoke(app, ["status", str(out)])
+    assert f"running (pid {os.getpid()}" in alive.output
+
+
+SERVER_HOLDER = """
+import sys, time
+from pathlib import Path
+from flows.server import prefect_server
+with prefect_server(home=Path(sys.argv[1])) as url:
+    print(url, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "holder.py"
+    script.write_text(SERVER_HOLDER)
+    run = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "home")],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.stdout is not None
+    url = run.stdout.readline().decode().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    (server,) = psutil.Process(run.pid).children()
+    os.kill(run.pid, signal.SIGKILL)  # as the OOM killer or `kill -9` would
+    run.wait()
+    deadline = time.monotonic() + 60
+    while _alive(server):
+        assert time.monotonic() < deadline, f"the server (pid {server.pid}) outlived the run"
+        time.sleep(0.5)
+
+
+def _alive(process: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
