@@ -26,7 +26,7 @@ from prefect.states import State
 
 from lisegagr_core.config import RegionConfig, load_region_config
 from lisegagr_core.grid import TileGrid
-from lisegagr_core.rasters import RasterSet, open_rasters
+from lisegagr_core.rasters import RasterSet, absolute_sources, open_rasters
 from lisegagr_core.region import (
     RegionPaths,
     RunLock,
@@ -132,7 +132,7 @@ def map_region(
     grid = plan(rasters, config)
     model = source.describe()
     statuses: dict[str, TileStatus] = {spec.key: TileStatus(spec.key, "pending") for spec in grid}
-    recorded = {"sources": sources, "run": spec_record(source)}
+    recorded = {"sources": absolute_sources(sources), "run": spec_record(source)}
     with RunLock(paths):
         write_manifest(
             paths, config, rasters, grid, model, statuses, {**recorded, "state": "running"}
@@ -272,7 +272,9 @@ def sam_source(
     manifest = Manifest.load(folder / "manifest.json")
     name = model or default_model(folder, manifest)
     sam = load_sam(name, weights_dir=folder, manifest=manifest, device="cpu")
-    spec = SamSpec(name, str(folder), sam.checkpoint_sha256, model_description(sam), device)
+    spec = SamSpec(
+        name, str(folder.absolute()), sam.checkpoint_sha256, model_description(sam), device
+    )
     return spec, {"amg": dict(sam.settings)}
 
 

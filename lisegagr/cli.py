@@ -151,6 +151,14 @@ def segment(
 
     if table_format not in ("csv", "parquet"):
         raise _fail(f"--table-format must be csv or parquet, not {table_format!r}.")
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        first = by_stem.setdefault(image.stem, image)
+        if first != image:
+            raise _fail(
+                f"{first} and {image} would both be written as {output / image.stem}.*; "
+                "segment them into separate output folders, or rename one."
+            )
     overrides: dict[str, Any] = {}
     if points_per_side is not None:
         overrides["amg.points_per_side"] = points_per_side

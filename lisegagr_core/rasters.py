@@ -17,6 +17,7 @@ import contextlib
 import glob
 import logging
 import math
+import os
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -214,6 +215,17 @@ def _open(url: str, opener: Any) -> Any:
         return rasterio.open(url, opener=opener) if opener is not None else rasterio.open(url)
 
 
+def absolute_sources(sources: Sequence[str]) -> list[str]:
+    """Each source as a URL that resolves from any working directory: local paths (and
+    globs) made absolute, other URLs as given."""
+    return [
+        os.path.abspath(s.removeprefix("file://"))
+        if "://" not in s or s.startswith("file://")
+        else s
+        for s in sources
+    ]
+
+
 def expand_sources(
     sources: Sequence[str], storage_options: Mapping[str, Any] | None = None
 ) -> list[tuple[str, Any]]:
@@ -229,10 +241,12 @@ def expand_sources(
                 matches = sorted(glob.glob(local))
                 if not matches:
                     raise InputError(f"{source}: no raster matches this pattern.")
-                expanded += [(m, None) for m in matches]
+                expanded += [(os.path.abspath(m), None) for m in matches]
             elif Path(local).is_dir():
                 found = sorted(
-                    str(p) for p in Path(local).iterdir() if p.suffix.lower() in RASTER_SUFFIXES
+                    str(p.absolute())
+                    for p in Path(local).iterdir()
+                    if p.suffix.lower() in RASTER_SUFFIXES
                 )
                 if not found:
                     raise InputError(
@@ -240,7 +254,7 @@ def expand_sources(
                     )
                 expanded += [(f, None) for f in found]
             else:
-                expanded.append((local, None))
+                expanded.append((os.path.abspath(local), None))
             continue
         fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
         with storage_errors(source):

@@ -520,3 +520,16 @@ def test_a_segmentation_task_sends_its_tiles_through_sam_together(tmp_path: Path
     )  # type: ignore[arg-type]
     assert [s.status for s in statuses] == ["computed"] * 4
     assert calls[0] == 4
+
+
+def test_the_manifest_records_sources_that_resolve_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imagery, truth = write_scene(tmp_path, size=256)
+    monkeypatch.chdir(tmp_path)
+    map_region.with_options(task_runner=task_runner(workers=1))(
+        [imagery.name], "out", TILES_256, GroundTruthSpec(str(truth))
+    )
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["sources"] == [str(imagery)]
+    assert manifest["input"]["rasters"] == [str(imagery)]

@@ -1,5 +1,5 @@
-"""What `lisegagr run` checks before it starts a server or a cluster: each refusal is one
-sentence, exit 2, in seconds, with nothing written."""
+"""What the commands check before any work (for `run`: before a server or a cluster starts):
+each refusal is one sentence, exit 2, in seconds, with nothing written."""
 
 from __future__ import annotations
 
@@ -154,3 +154,45 @@ def _alive(process: Any) -> bool:
         return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def test_relative_sources_are_recorded_as_absolute_paths(
+    scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lisegagr_core.rasters import absolute_sources
+
+    monkeypatch.chdir(scene.parent)
+    rasters = open_rasters(["scene.tif"])
+    assert rasters.describe()["rasters"] == [str(scene)]
+    assert open_rasters(["."]).describe()["rasters"] == [str(scene)]
+    assert absolute_sources(["scene.tif", "*.tif", "s3://imagery/a.tif"]) == [
+        str(scene),
+        str(scene.parent / "*.tif"),
+        "s3://imagery/a.tif",
+    ]
+
+
+def test_segment_refuses_images_whose_outputs_would_collide_before_any_work(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    import rasterio
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        with rasterio.open(
+            tmp_path / folder / "p0.png",
+            "w",
+            driver="PNG",
+            width=64,
+            height=64,
+            count=3,
+            dtype="uint8",
+        ) as dst:
+            dst.write(np.zeros((3, 64, 64), np.uint8))
+    out = tmp_path / "out"
+    images = [str(tmp_path / "a" / "p0.png"), str(tmp_path / "b" / "p0.png")]
+    result = runner.invoke(app, ["segment", *images, "-o", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert f"{images[0]} and {images[1]} would both be written as" in _error_line(result.output)
+    assert not out.exists()
