@@ -51,13 +51,20 @@ def execute_run(
     scheduler: str | None,
     workers: int | None,
     source_spec: Any = None,
+    classify: bool = True,
 ) -> dict[str, Any]:
     """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
 
     Bad input (a raster, a band, a checkpoint, a setting) fails here in one sentence, before
     any server or cluster starts. Returns the flow's summary.
     """
-    from flows.region import listening_to_tiles, map_region, sam_source, task_runner
+    from flows.region import (
+        listening_to_tiles,
+        map_region,
+        sam_source,
+        task_runner,
+        with_default_classifier,
+    )
     from flows.server import prefect_server
     from lisegagr_core.config import load_region_config
     from lisegagr_core.rasters import open_rasters
@@ -68,6 +75,7 @@ def execute_run(
         if source_spec is None:
             source_spec, settings = sam_source(model, str(weights_dir), device)
         region_config = load_region_config(config_path, overrides, model_settings=settings)
+        region_config = with_default_classifier(region_config, str(weights_dir), enabled=classify)
         rasters = open_rasters(
             sources,
             bands=region_config.bands,
@@ -169,8 +177,14 @@ def run(
         typer.Option(help="Tiles per segmentation task, sent through SAM together (GPU: 4)."),
     ] = None,
     classifier: Annotated[
-        Path | None, typer.Option(help="Field / non-field classifier file (classes, scores).")
+        Path | None,
+        typer.Option(
+            help="Field / non-field classifier file (default: the one named in the manifest)."
+        ),
     ] = None,
+    no_classifier: Annotated[
+        bool, typer.Option("--no-classifier", help="Leave every instance unclassified.")
+    ] = False,
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
     device: DeviceOption = None,
@@ -203,6 +217,7 @@ def run(
         device=device,
         scheduler=scheduler,
         workers=workers,
+        classify=not no_classifier,
     )
     if summary["counts"]["failed"]:
         raise typer.Exit(code=1)
@@ -305,14 +320,33 @@ def resume(
 @app.command()
 def export(
     output: Annotated[str, typer.Argument(help="A run's output folder.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="gpkg, geojson or fgb.")] = "gpkg",
-    destination: Annotated[str | None, typer.Option("--to", help="File to write.")] = None,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="gpkg, geojson, fgb, or cog (the rasters).")
+    ] = "gpkg",
+    destination: Annotated[
+        str | None,
+        typer.Option("--to", help="File to write (cog: the folder for labels.tif, classes.tif)."),
+    ] = None,
 ) -> None:
-    """Write the run's field polygons as GeoPackage, GeoJSON or FlatGeobuf."""
+    """Write the run's field polygons as GeoPackage, GeoJSON or FlatGeobuf, or its labels and
+    classes rasters as Cloud-Optimised GeoTIFFs (cut to the imagery's extent) for any GIS."""
     import geopandas as gpd
 
+    if format == "cog":
+        from lisegagr_core.region import export_cogs
+
+        folder = destination or output
+        try:
+            with storage_errors(output):
+                written = export_cogs(output, folder)
+        except LisegagrError as exc:
+            raise _fail(str(exc)) from None
+        for url in written:
+            out.print(f"→ {url}", soft_wrap=True)
+        return
     if format not in EXPORT_DRIVERS:
-        raise _fail(f"--format must be one of {', '.join(EXPORT_DRIVERS)}, not {format!r}.")
+        choices = ", ".join([*EXPORT_DRIVERS, "cog"])
+        raise _fail(f"--format must be one of {choices}, not {format!r}.")
     source = f"{output.rstrip('/')}/fields.parquet"
     target = destination or f"{output.rstrip('/')}/fields.{format}"
     try:

@@ -219,19 +219,22 @@ class FastMaskGenerator:
         crop_size = (crop.shape[0], crop.shape[1])
         input_size = self.encoder.input_size(crop_size)
         with self._timed("decoder"):
-            candidates = self._decode(features, crop_size, input_size, layer)
+            candidates = self._decode(features, crop, input_size, layer)
         with self._timed("postprocess"):
             return self._finish(candidates, crop_size, input_size, crop_box, image_size)
 
     def _decode(
         self,
         features: torch.Tensor,
-        crop_size: tuple[int, int],
+        crop: NDArray[np.uint8],
         input_size: tuple[int, int],
         layer: int,
     ) -> _Candidates:
         s = self.settings
+        crop_size = (crop.shape[0], crop.shape[1])
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        if s.skip_white_prompts:
+            points = points[~on_white(crop, points)]
         # As segment_anything does (float64 from numpy), so prompts embed bit for bit alike.
         coords = torch.as_tensor(
             self.encoder.transform.apply_coords(points, crop_size), device=self.device
@@ -391,6 +394,14 @@ class FastMaskGenerator:
             "masks": masks[order],
             "boxes": boxes[order],
         }
+
+
+def on_white(image: NDArray[np.uint8], points: NDArray[np.floating]) -> NDArray[np.bool_]:
+    """Which (x, y) points of `image` fall on a pure white pixel (every channel 255)."""
+    cols = np.clip(points[:, 0].astype(np.int64), 0, image.shape[1] - 1)
+    rows = np.clip(points[:, 1].astype(np.int64), 0, image.shape[0] - 1)
+    pixels = image[rows, cols]
+    return np.asarray((pixels == 255).all(axis=-1) if pixels.ndim == 2 else pixels == 255)
 
 
 def _empty(image_size: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:

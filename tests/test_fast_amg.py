@@ -272,3 +272,28 @@ def test_sources_built_per_tile_share_one_encoder_per_model(oracle_sam: Sam) -> 
     assert a.encoder is b.encoder
     other = settings.model_copy(update={"encoder_precision": "bf16"})
     assert FastMaskGenerator(oracle_sam, other).encoder is not a.encoder
+
+
+def test_prompts_on_whitened_pixels_are_not_decoded_when_asked(
+    oracle_sam: Sam, farmland: NDArray[np.uint8]
+) -> None:
+    image = farmland.copy()
+    image[:, :128] = 255  # the left half painted over, as whitening does between rounds
+    settings = AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    every = FastMaskGenerator(oracle_sam, settings)
+    all_masks = every.generate(image)
+    skipping = FastMaskGenerator(
+        oracle_sam, settings.model_copy(update={"skip_white_prompts": True})
+    )
+    kept = skipping.generate(image)
+
+    assert every.counts["decoded"] == 3 * 64
+    assert skipping.counts["decoded"] == 3 * 32  # only the grid points on the right half
+    assert len(kept) > 0 and (kept.points[:, 0] >= 128).all()
+    assert len(kept) < len(all_masks)
+    # A point off white decodes as before: its masks are among those of the full grid.
+    full = {tuple(p) for p in all_masks.points.tolist()}
+    assert {tuple(p) for p in kept.points.tolist()} <= full
+
+    white = np.full_like(farmland, 255)
+    assert len(FastMaskGenerator(oracle_sam, skipping.settings).generate(white)) == 0
