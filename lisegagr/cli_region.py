@@ -501,12 +501,24 @@ def demo(
     scores = score_partition(scene.instances, np.asarray(labels))
     (output / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
     import cv2
+    import geopandas as gpd
 
-    picture = render_preview(str(mapped), max_side=1024)
+    classes = gpd.read_parquet(mapped / "fields.parquet")["class"].value_counts().to_dict()
+    counted = ", ".join(f"{n} {name}" for name, n in sorted(classes.items())) or "no instances"
+    picture = _with_caption(
+        render_preview(str(mapped), max_side=1024),
+        [
+            f"{summary['model']}",
+            f"{counted}; vs {scores.true_fields} true fields: "
+            f"F1 {scores.f1:.2f}, pixel IoU {scores.pixel_iou:.2f}",
+        ],
+    )
     cv2.imwrite(str(output / "preview.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    out.print(f"instances: {counted}", soft_wrap=True)
     out.print(
         f"against the scene's {scores.true_fields} true fields: object F1 {scores.f1:.2f}, "
-        f"field-area pixel IoU {scores.pixel_iou:.2f}",
+        f"field-area pixel IoU {scores.pixel_iou:.2f} (precision {scores.precision:.2f}, "
+        f"recall {scores.recall:.2f})",
         soft_wrap=True,
     )
     for path in (scene_path, output / "preview.png", output / "scores.json"):
@@ -517,3 +529,25 @@ def demo(
             "Fetch Meta's weights (`lisegagr weights fetch vit_b`) or pass --model PATH.",
             soft_wrap=True,
         )
+
+
+def _with_caption(picture: Any, lines: list[str]) -> Any:
+    """`picture` (RGB) with a black band below it holding `lines` of white text."""
+    import cv2
+    import numpy as np
+
+    scale = max(picture.shape[1] / 1400, 0.4)
+    step = int(30 * scale) + 6
+    band = np.zeros((step * len(lines) + 8, picture.shape[1], 3), dtype=np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(
+            band,
+            line,
+            (8, step * (i + 1)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return np.vstack([picture, band])

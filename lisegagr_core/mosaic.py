@@ -1,13 +1,18 @@
 """The region's outputs: a georeferenced Zarr mosaic and the field polygons as GeoParquet.
 
-``mosaic.zarr`` (Zarr v3) holds `labels` (uint32, 0 = background) and `classes` (uint8:
-0 none, 1 field, 2 non-field, 255 unclassified or nodata), chunked by the tile core so each
-tile writes exactly its own chunks: parallel writes with no locks and no read-modify-write.
-CRS and transform are a rioxarray `spatial_ref` coordinate, so
+``mosaic.zarr`` (Zarr v3, consolidated metadata) holds `labels` (uint32, 0 = background or
+no data) and `classes` (uint8: 0 none, 1 field, 2 non-field, 3 unclassified, 255 nodata: no
+imagery, or a tile that failed), chunked by the tile core so each tile writes exactly its own
+chunks: parallel writes with no locks and no read-modify-write. The nodata value of `classes`
+is its Zarr ``fill_value`` and its ``_FillValue`` attribute (CF), so xarray reads nodata as NaN
+and GDAL as nodata. CRS and transform are a rioxarray `spatial_ref` coordinate, so
 
     xr.open_zarr(url, decode_coords="all").rio.crs
 
-reads them back. ``fields.parquet`` holds one polygon per instance in the raster's CRS.
+reads them back. GDAL up to 3.10 cannot read Zarr v3 (``Unsupported codec: bytes``):
+`write_cog` exports both rasters as Cloud-Optimised GeoTIFFs for any GIS.
+
+``fields.parquet`` holds one polygon per instance in the raster's CRS.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from lisegagr_core.grid import TileGrid, TileSpec
 
 log = logging.getLogger(__name__)
 
-CLASS_NONE, CLASS_FIELD, CLASS_NON_FIELD, CLASS_UNCLASSIFIED = 0, 1, 2, 255
+CLASS_NONE, CLASS_FIELD, CLASS_NON_FIELD, CLASS_UNCLASSIFIED = 0, 1, 2, 3
+#: `classes` where there is no imagery or the tile failed (Zarr fill_value, CF _FillValue).
+CLASS_NODATA = 255
 
 
 def _store(url: str, storage_options: Mapping[str, Any] | None) -> Any:
@@ -65,7 +72,7 @@ def create_mosaic(
             "labels": (("y", "x"), da.zeros((height, width), chunks=chunks, dtype=np.uint32)),
             "classes": (
                 ("y", "x"),
-                da.full((height, width), CLASS_UNCLASSIFIED, chunks=chunks, dtype=np.uint8),
+                da.full((height, width), CLASS_NODATA, chunks=chunks, dtype=np.uint8),
             ),
         },
         coords={"y": ys, "x": xs},
@@ -74,15 +81,21 @@ def create_mosaic(
         dataset = dataset.rio.write_crs(crs)
     dataset = dataset.rio.write_transform(transform)
     dataset["labels"].attrs["description"] = "field instance id, 0 = background"
-    dataset["classes"].attrs["description"] = (
-        "0 none, 1 field, 2 non-field, 255 unclassified/nodata"
+    dataset["classes"].attrs.update(
+        {
+            "description": "0 none, 1 field, 2 non-field, 3 unclassified, 255 nodata",
+            "flag_values": [CLASS_NONE, CLASS_FIELD, CLASS_NON_FIELD, CLASS_UNCLASSIFIED],
+            "flag_meanings": "none field non_field unclassified",
+        }
     )
-    for name, fill in (("labels", 0), ("classes", CLASS_UNCLASSIFIED)):
-        dataset[name].encoding.update({"chunks": chunks, "fill_value": fill})
+    dataset["labels"].encoding.update({"chunks": chunks, "fill_value": 0})
+    dataset["classes"].encoding.update(
+        {"chunks": chunks, "fill_value": CLASS_NODATA, "_FillValue": CLASS_NODATA}
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is not in v3's spec
         dataset.to_zarr(
-            _store(url, storage_options), mode="w", compute=False, zarr_format=3, consolidated=False
+            _store(url, storage_options), mode="w", compute=False, zarr_format=3, consolidated=True
         )
 
 
@@ -169,3 +182,74 @@ def write_fields(
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     frame.to_parquet(path, filesystem=fs)
     return frame
+
+
+#: Colours of `classes` in a GIS (a palette in the exported GeoTIFF).
+CLASS_COLOURS = {
+    CLASS_NONE: (0, 0, 0, 0),
+    CLASS_FIELD: (46, 160, 67, 255),
+    CLASS_NON_FIELD: (214, 140, 40, 255),
+    CLASS_UNCLASSIFIED: (130, 130, 200, 255),
+    CLASS_NODATA: (0, 0, 0, 0),
+}
+
+
+def write_cog(
+    group: zarr.Group,
+    name: str,
+    path: str,
+    window: Window,
+    transform: Affine,
+    crs: CRS | None,
+    *,
+    rows_per_read: int = 2048,
+) -> None:
+    """Write the mosaic's `name` array, cut to `window`, as a Cloud-Optimised GeoTIFF at `path`.
+
+    Read in strips of `rows_per_read` rows (bounded memory) into a tiled GeoTIFF, then laid out
+    as a COG by GDAL (deflate, 512-px blocks, nearest-neighbour overviews). `classes` gets its
+    nodata (255) and a palette; `labels` has no nodata (0 is background).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import rasterio
+    from rasterio.shutil import copy as gdal_copy
+
+    array = _array(group, name)
+    height, width = int(window.height), int(window.width)
+    nodata = CLASS_NODATA if name == "classes" else None
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": str(array.dtype),
+        "crs": crs,
+        "transform": transform @ Affine.translation(window.col_off, window.row_off),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        striped = Path(scratch) / f"{name}.tif"
+        with rasterio.open(striped, "w", **profile) as dst:
+            for row in range(0, height, rows_per_read):
+                rows = min(rows_per_read, height - row)
+                strip = Window(window.col_off, window.row_off + row, width, rows)
+                dst.write(read_window(group, strip, name)[None], window=Window(0, row, width, rows))
+            if name == "classes":
+                dst.write_colormap(1, CLASS_COLOURS)
+            dst.set_band_description(1, str(array.attrs.get("description", name)))
+        gdal_copy(
+            striped,
+            path,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE="512",
+            RESAMPLING="NEAREST",
+            BIGTIFF="IF_SAFER",
+        )

@@ -122,6 +122,7 @@ class RasterSet:
             "crs": self.crs.to_wkt() if self.crs else None,
             "transform": list(self.transform)[:6],
             "shape": [self.height, self.width],
+            "data_window": [int(v) for v in self.data_window.flatten()],
             "upscale": self.upscale,
             "upscale_model": self.upscale_model,
             "align": self.align,

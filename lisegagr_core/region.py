@@ -34,12 +34,14 @@ from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.merge import GlobalIds, assign_global_ids, match_overlap
 from lisegagr_core.mosaic import (
     CLASS_FIELD,
+    CLASS_NODATA,
     CLASS_NON_FIELD,
     CLASS_NONE,
     CLASS_UNCLASSIFIED,
     create_mosaic,
     open_mosaic,
     vectorise_mosaic,
+    write_cog,
     write_core,
     write_fields,
 )
@@ -255,20 +257,18 @@ def write_tile(
     classes_by_id: NDArray[np.uint8] | None = None,
 ) -> None:
     """Write a tile's core with global ids, and its classes: 0 background, 1 field,
-    2 non-field (from `classes_by_id`, indexed by global id), 255 unclassified or nodata."""
+    2 non-field, 3 unclassified (from `classes_by_id`, indexed by global id), 255 nodata."""
     rows, cols = spec.tile_slices(spec.core)
     if result is None:
         shape = (int(spec.core.height), int(spec.core.width))
-        write_core(
-            group, spec, np.zeros(shape, np.uint32), np.full(shape, CLASS_UNCLASSIFIED, np.uint8)
-        )
+        write_core(group, spec, np.zeros(shape, np.uint32), np.full(shape, CLASS_NODATA, np.uint8))
         return
     labels = ids.maps[spec.key][result.labels[rows, cols]]
     valid = result.valid[rows, cols]
     instance_class = (
         classes_by_id[labels] if classes_by_id is not None else np.uint8(CLASS_UNCLASSIFIED)
     )
-    classes = np.where(labels > 0, instance_class, np.where(valid, CLASS_NONE, CLASS_UNCLASSIFIED))
+    classes = np.where(labels > 0, instance_class, np.where(valid, CLASS_NONE, CLASS_NODATA))
     write_core(group, spec, labels, classes.astype(np.uint8))
 
 
@@ -574,6 +574,39 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def export_cogs(
+    output: str, folder: str, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The run's `labels` and `classes` as Cloud-Optimised GeoTIFFs in `folder` (local or any
+    fsspec URL), cut to the sources' extent on the mosaic's pixel grid; returns their URLs."""
+    import tempfile
+    from pathlib import Path
+
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    paths = RegionPaths(output, dict(storage_options or {}))
+    fs, manifest_path = fsspec.core.url_to_fs(paths.manifest, **paths.storage_options)
+    with fs.open(manifest_path, "r") as stream:
+        described = json.load(stream)["input"]
+    height, width = described["shape"]
+    window = Window(*described.get("data_window", [0, 0, width, height]))
+    crs = CRS.from_wkt(described["crs"]) if described.get("crs") else None
+    group = open_mosaic(paths.mosaic, paths.storage_options, mode="r")
+    target_fs, target = fsspec.core.url_to_fs(folder, **paths.storage_options)
+    target_fs.makedirs(target, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("labels", "classes"):
+            local = str(Path(scratch) / f"{name}.tif")
+            write_cog(group, name, local, window, Affine(*described["transform"]), crs)
+            url = f"{folder.rstrip('/')}/{name}.tif"
+            target_fs.put_file(local, f"{target.rstrip('/')}/{name}.tif")
+            written.append(url)
+    return written
 
 
 def tile_statuses_on_disk(grid: TileGrid, paths: RegionPaths) -> dict[str, str]:

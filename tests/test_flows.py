@@ -230,13 +230,15 @@ def test_the_flow_classifies_every_field_and_the_outputs_agree(tmp_path: Path) -
     )
     assert summary["state"] == "complete"
     fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
-    mosaic = xr.open_zarr(tmp_path / "out" / "mosaic.zarr", decode_coords="all", consolidated=False)
+    mosaic = xr.open_zarr(
+        tmp_path / "out" / "mosaic.zarr", decode_coords="all", mask_and_scale=False
+    )
     labels, classes = mosaic["labels"].values, mosaic["classes"].values
     assert len(fields) == summary["fields"] > 0
     for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
         assert field_class == (1 if score >= 0.5 else 2)
         assert (classes[labels == field_id] == field_class).all()
-    assert np.isin(classes, [0, 1, 2, 255]).all()
+    assert np.isin(classes, [0, 1, 2, 255]).all()  # every instance classified, or nodata
 
 
 def test_new_imagery_in_the_folder_computes_only_the_tiles_it_touches(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def _run(path: Path | list[Path], truth: np.ndarray, out: Path, config: RegionCo
 
 
 def _mosaic_labels(out: Path) -> xr.Dataset:
-    return xr.open_zarr(out / "mosaic.zarr", decode_coords="all", consolidated=False)
+    """The mosaic's stored values (nodata as 255, not masked as NaN)."""
+    return xr.open_zarr(out / "mosaic.zarr", decode_coords="all", mask_and_scale=False)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_zarr_and_geoparquet_are_georeferenced_and_line_up(tmp_path: Path) -> No
     assert mosaic["labels"].encoding["chunks"] == (256, 256)
     labels = mosaic["labels"].values
     classes = mosaic["classes"].values
-    assert ((classes == 255) == (labels > 0)).all()  # unclassified fields, 0 elsewhere
+    assert ((classes == 3) == (labels > 0)).all()  # unclassified fields, 0 elsewhere
 
     fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
     assert fields.crs.to_epsg() == 32616
@@ -320,3 +321,82 @@ def test_a_classifier_fills_scores_and_classes_that_agree_and_alone_recomputes(
     second = _run(path, truth, tmp_path / "out", other)
     assert {s.status for s in second.statuses.values()} == {"cached"}
     assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 * len(first.statuses)
+
+
+def test_the_mosaic_opens_in_xarray_with_nodata_masked_and_unclassified_apart(
+    tmp_path: Path,
+) -> None:
+    """Consolidated metadata (no warning on open), nodata as the CF `_FillValue` and the Zarr
+    fill_value (255, NaN once decoded), unclassified fields a value of their own (3)."""
+    import json
+    import warnings
+
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(512, seed=2)
+    rgb = scene.rgb.copy()
+    rgb[:, :200] = 0
+    rgb[rgb.sum(axis=2) == 0] = 0
+    path = _write_geotiff(tmp_path / "scene.tif", rgb, nodata=0)
+    _run(path, scene.instances.astype(np.int64), tmp_path / "out")
+    store = tmp_path / "out" / "mosaic.zarr"
+    assert "consolidated_metadata" in json.loads((store / "zarr.json").read_text())
+    classes_meta = json.loads((store / "classes" / "zarr.json").read_text())
+    assert classes_meta["fill_value"] == 255 and classes_meta["attributes"]["_FillValue"] == 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # xarray warns when not consolidated
+        mosaic = xr.open_zarr(store, decode_coords="all")
+    classes, labels = mosaic["classes"].values, mosaic["labels"].values
+    assert np.isnan(classes[:, :200]).all()
+    assert not np.isnan(classes[:, 200:]).any()
+    assert set(np.unique(classes[labels > 0])) == {3.0}  # no classifier: unclassified
+    assert set(np.unique(classes[:, 200:][labels[:, 200:] == 0])) == {0.0}
+
+
+def test_cog_export_covers_exactly_the_imagery_and_opens_in_gdal(tmp_path: Path) -> None:
+    """The mosaic's grid is anchored on multiples of the tile core in map space (stable tile
+    keys), so it is larger than a scene that is not; the COGs are cut to the scene's pixels."""
+    from lisegagr_core.mosaic import open_mosaic, read_window
+    from lisegagr_core.region import export_cogs
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(320, seed=5)
+    rgb = np.ascontiguousarray(scene.rgb[:260])
+    transform = ORIGIN @ Affine.translation(100, 60)  # off the 192-px anchored grid
+    path = _write_geotiff(tmp_path / "scene.tif", rgb, transform)
+    out = tmp_path / "out"
+    rasters = open_rasters([str(path)], align=SMALL_TILES.core)
+    truth = np.zeros((rasters.height, rasters.width), np.int64)  # on the grid, as the tiles
+    truth[rasters.data_window.toslices()] = scene.instances[:260]
+    run_region(
+        rasters,
+        _truth_source(truth),
+        SMALL_TILES,
+        RegionPaths(str(out)),
+        model_id="ground-truth",
+        model="ground truth",
+    )
+    assert _mosaic_labels(out)["labels"].shape != (260, 320)  # the anchored grid
+    written = export_cogs(str(out), str(tmp_path / "gis"))
+    assert written == [str(tmp_path / "gis" / "labels.tif"), str(tmp_path / "gis" / "classes.tif")]
+    group = open_mosaic(str(out / "mosaic.zarr"), mode="r")
+    with rasterio.open(path) as src:
+        bounds, crs = src.bounds, src.crs
+    for name in ("labels", "classes"):
+        with rasterio.open(tmp_path / "gis" / f"{name}.tif") as cog:
+            assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert cog.crs == crs and cog.bounds == bounds and cog.shape == (260, 320)
+            assert cog.nodata == (255 if name == "classes" else None)
+            values = cog.read(1)
+        expected = read_window(group, rasters.data_window, name)
+        np.testing.assert_array_equal(values, expected)
+    assert values.max() == 3  # fields without a classifier: unclassified, not nodata
+    assert (values != 255).all()  # every pixel of the scene has imagery
+    from typer.testing import CliRunner
+
+    from lisegagr.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(out), "--format", "cog"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out / "classes.tif") as cog:
+        assert cog.bounds == bounds
