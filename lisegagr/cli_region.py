@@ -353,8 +353,11 @@ def export(
         with storage_errors(source):
             fields = gpd.read_parquet(source)
         check_writable(target.rsplit("/", 1)[0] if "/" in target else ".")
+        options = {}
+        if format == "geojson" and fields.crs is not None:  # RFC 7946: WGS84, no `crs` member
+            fields, options = fields.to_crs(4326), {"RFC7946": "YES"}
         with storage_errors(target):
-            fields.to_file(target, driver=EXPORT_DRIVERS[format])
+            fields.to_file(target, driver=EXPORT_DRIVERS[format], **options)
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     except (OSError, ValueError) as exc:

@@ -159,6 +159,21 @@ def vectorise_mosaic(
     return dissolve_pieces(pieces)
 
 
+#: Column types of ``fields.parquet`` (besides the geometry), fixed whatever the field count.
+FIELD_COLUMNS: dict[str, str] = {
+    "id": "int64",
+    "area": "float64",
+    "perimeter": "float64",
+    "predicted_iou": "float64",
+    "stability_score": "float64",
+    "stage": "string",
+    "tiles": "string",
+    "class": "uint8",
+    "field_score": "float64",
+    "model": "string",
+}
+
+
 def write_fields(
     url: str,
     geometries: Mapping[int, shapely.Geometry],
@@ -173,12 +188,14 @@ def write_fields(
     ids = sorted(geometries)
     frame = gpd.GeoDataFrame(
         {"id": np.asarray(ids, np.int64)},
-        geometry=[geometries[i] for i in ids],
+        geometry=gpd.GeoSeries([geometries[i] for i in ids], dtype="geometry"),
         crs=crs.to_wkt() if crs is not None else None,
     )
     frame["area"] = frame.geometry.area
     frame["perimeter"] = frame.geometry.length
     frame = frame.join(attributes, on="id")
+    # the same column types whether the run found many fields or none (no null-typed columns)
+    frame = frame.astype({k: v for k, v in FIELD_COLUMNS.items() if k in frame.columns})
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     frame.to_parquet(path, filesystem=fs)
     return frame

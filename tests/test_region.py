@@ -400,3 +400,42 @@ def test_cog_export_covers_exactly_the_imagery_and_opens_in_gdal(tmp_path: Path)
     assert result.exit_code == 0, result.output
     with rasterio.open(out / "classes.tif") as cog:
         assert cog.bounds == bounds
+
+
+def test_geoparquet_has_one_schema_whether_fields_are_found_or_not(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=7)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    found = _run(path, scene.instances.astype(np.int64), tmp_path / "found")
+    nothing = _run(path, np.zeros_like(scene.instances, np.int64), tmp_path / "nothing")
+    assert found.fields > 0 and nothing.fields == 0
+    schemas = [pq.read_schema(tmp_path / name / "fields.parquet") for name in ("found", "nothing")]
+    assert schemas[0].remove_metadata() == schemas[1].remove_metadata()
+    assert str(schemas[1].field("class").type) == "uint8"
+    assert "null" not in {str(f.type) for f in schemas[1]}
+
+
+def test_geojson_export_is_wgs84_per_rfc_7946_and_other_formats_keep_the_crs(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lisegagr.cli import app
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=7)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    _run(path, scene.instances.astype(np.int64), tmp_path / "out")
+    for fmt in ("geojson", "gpkg"):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "--format", fmt])
+        assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out" / "fields.geojson").read_text())
+    assert "crs" not in document
+    x, y = document["features"][0]["geometry"]["coordinates"][0][0]
+    assert -89 < x < -88 and 39 < y < 40  # UTM 16N at 400 km E, 4400 km N: Illinois
+    assert gpd.read_file(tmp_path / "out" / "fields.gpkg").crs.to_epsg() == 32616
