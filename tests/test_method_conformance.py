@@ -31,7 +31,12 @@ from lisegagr_core.config import (
 from lisegagr_core.engine import iterative_rounds, merge_rounds, segment_image
 from lisegagr_core.masks import MaskSet
 from lisegagr_core.refine import colour_entropy, edge_ratio, find_under_segmented, refine_masks
-from lisegagr_core.whitening import unsegmented_fraction, white_pixels, whiten
+from lisegagr_core.whitening import (
+    keep_large_dark_regions,
+    unsegmented_fraction,
+    white_pixels,
+    whiten,
+)
 
 WHITE = 255
 DARK = 60
@@ -200,6 +205,37 @@ def test_only_dark_regions_of_1000_px_or_more_are_left(dark_px: int, kept: bool)
     assert bool(white_pixels(out).all()) is not kept
 
 
+def _grey_canvas(h: int, w: int, value: int = 90) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+def test_dark_regions_come_from_rec709_grey() -> None:
+    # Rec. 709 (scikit-image) grey: green 154.5 > magenta 128.5, so magenta is the dark half;
+    # BT.601 (OpenCV) would say the opposite (133.9 < 141.3).
+    image = _grey_canvas(60, 80)
+    image[:, :40] = (40, 200, 40)
+    image[:, 40:] = (200, 100, 200)
+    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
+    assert white[:, :40].all()
+    assert not white[:, 40:].any()
+
+
+def test_dark_regions_are_four_connected() -> None:
+    # two 30×30 dark squares touching at a corner: two regions of 900 px, both under 1000
+    image = _grey_canvas(80, 80, value=180)
+    image[10:40, 10:40] = 40
+    image[40:70, 40:70] = 40
+    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
+    assert white.all()
+    assert not white_pixels(keep_large_dark_regions(image, 900, 200))[10:40, 10:40].any()
+
+
+def test_a_single_grey_level_has_no_dark_region() -> None:
+    # Otsu of one level is that level; dark is strictly below it, so nothing is kept
+    out = keep_large_dark_regions(_grey_canvas(50, 50, value=90), min_area=1, bright_threshold=200)
+    assert white_pixels(out).all()
+
+
 def test_pixels_with_every_channel_above_200_are_whitened() -> None:
     image = np.full((100, 100, 3), WHITE, dtype=np.uint8)
     image[:40, :40] = (201, 201, 201)
@@ -273,6 +309,13 @@ def _ramps_with_two_lines(length: int) -> np.ndarray:
     image[40 : 40 + length, 60:62] = 0
     image[40 : 40 + length, 90:92] = 0
     return image
+
+
+def test_colour_entropy_leaves_out_pixels_with_a_channel_at_255() -> None:
+    # the reference measures the cut-out (outside white) and skips every pixel with a 255
+    image = np.full((10, 10, 3), 100, np.uint8)
+    image[:5] = (255, 30, 60)  # half the mask: would add one bit per channel
+    assert colour_entropy(image, np.ones((10, 10), bool)) == 0.0
 
 
 @pytest.mark.parametrize(("extra_px", "candidate"), [(0, False), (1, True)])

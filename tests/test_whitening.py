@@ -51,33 +51,6 @@ def test_only_large_dark_regions_survive() -> None:
     assert white[0:5, :].all()
 
 
-def test_dark_regions_come_from_rec709_grey() -> None:
-    # Rec. 709 (scikit-image) grey: green 154.5 > magenta 128.5, so magenta is the dark half;
-    # BT.601 (OpenCV) would say the opposite (133.9 < 141.3).
-    image = _canvas(60, 80)
-    image[:, :40] = (40, 200, 40)
-    image[:, 40:] = (200, 100, 200)
-    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
-    assert white[:, :40].all()
-    assert not white[:, 40:].any()
-
-
-def test_dark_regions_are_four_connected() -> None:
-    # two 30×30 dark squares touching at a corner: two regions of 900 px, both under 1000
-    image = _canvas(80, 80, value=180)
-    image[10:40, 10:40] = 40
-    image[40:70, 40:70] = 40
-    white = white_pixels(keep_large_dark_regions(image, min_area=1000, bright_threshold=200))
-    assert white.all()
-    assert not white_pixels(keep_large_dark_regions(image, 900, 200))[10:40, 10:40].any()
-
-
-def test_a_single_grey_level_has_no_dark_region() -> None:
-    # Otsu of one level is that level; dark is strictly below it, so nothing is kept
-    out = keep_large_dark_regions(_canvas(50, 50, value=90), min_area=1, bright_threshold=200)
-    assert white_pixels(out).all()
-
-
 def test_bright_pixels_are_painted_white_even_inside_dark_regions() -> None:
     # On a 250 background, a large 210 region is "dark" by Otsu yet every channel is above 200.
     image = _canvas(80, 80, value=250)
