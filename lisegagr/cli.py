@@ -26,9 +26,18 @@ from lisegagr_core.errors import LisegagrError
 from lisegagr_core.storage import check_writable
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest, WeightsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+HELP = """Map agricultural fields in imagery with iterative Segment Anything (LiSegAgr).
+
+Images (JPEG, PNG, GeoTIFF): `lisegagr segment IMAGE... -o DIR`. Rasters of any size, local
+or s3://: `lisegagr run SOURCES --out DIR`, then `status`, `resume`, `export`, `preview`.
+Try it: `lisegagr demo`. Every error you can fix is one sentence (exit 2), never a traceback.
+"""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
 weights_app = typer.Typer(
-    no_args_is_help=True, help="Segment Anything checkpoints: list and fetch."
+    no_args_is_help=True,
+    help="Segment Anything checkpoints: list and fetch.",
+    rich_markup_mode=None,
 )
 app.add_typer(weights_app, name="weights")
 
@@ -75,14 +84,33 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"lisegagr {version('lisegagr')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Map agricultural fields in imagery with iterative Segment Anything (LiSegAgr)."""
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs, and Prefect's and Dask's.")
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
     if not verbose:
         # Prefect's and Dask's INFO chatter (here and in the worker processes they start) stays
         # off the terminal: runs, tasks and their logs are in the Prefect UI.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        # a local cluster's nannies stop their workers at the end of every run, by design
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
@@ -232,10 +260,19 @@ def weights_list(
         statuses = list_checkpoints(manifest, weights_dir, verify=verify)
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
+    default = choose_model(None, weights_dir, manifest)
     table = Table("name", "present", "verified", "size", "file")
+    if "tiny" not in manifest.entries:
+        table.add_row(
+            "tiny" + (" (default)" if default == "tiny" else ""),
+            "built in",
+            "-",
+            "-",
+            "seeded random weights: exercises every step, finds no real fields",
+        )
     for status in statuses:
         table.add_row(
-            status.name + (" (default)" if status.name == manifest.default else ""),
+            status.name + (" (default)" if status.name == default else ""),
             "yes" if status.present else "no",
             {True: "ok", False: "MISMATCH", None: "-"}[status.verified],
             f"{status.size / 1e6:.0f} MB" if status.size else "-",

@@ -32,11 +32,67 @@ def _bands(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(b) for b in text.split(","))
+        chosen = tuple(int(b) for b in text.split(","))
     except ValueError:
         raise _fail(
             f"--bands takes 1-based band numbers separated by commas, not {text!r}."
         ) from None
+    if len(chosen) not in (1, 3):
+        raise _fail(f"--bands takes one band (grey) or three (as R,G,B), not {text!r}.")
+    return chosen
+
+
+def _check_run_layout(config_path: Path | None) -> None:
+    """Refuse a `segment`-style file (engine settings at the top) with what to write instead."""
+    import yaml
+
+    from lisegagr_core.config import EngineConfig, RegionConfig
+    from lisegagr_core.errors import InputError
+
+    if config_path is None or not config_path.is_file():
+        return  # load_region_config reports it
+    try:
+        data = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError:
+        return
+    if not isinstance(data, dict):
+        return
+    engine_only = set(EngineConfig.model_fields) - set(RegionConfig.model_fields)
+    misplaced = [key for key in data if key in engine_only]
+    if misplaced:
+        nested = ", ".join(f"{key}: ..." for key in misplaced)
+        what = "is an engine setting" if len(misplaced) == 1 else "are engine settings"
+        raise InputError(
+            f"{config_path}: {', '.join(misplaced)} {what}, at the top as for `segment`; "
+            f"for `run` put {'it' if len(misplaced) == 1 else 'them'} under `engine:` "
+            f"(engine: {{{nested}}})."
+        )
+
+
+def _claim_output(output: str, sources: list[str], overwrite: bool) -> None:
+    """Refuse an output that holds the map of other sources, unless `overwrite`: then clear
+    it (mosaic, polygons, manifest, cached tiles and scores), so nothing of the old map stays."""
+    import fsspec
+
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.preview import read_manifest
+    from lisegagr_core.rasters import absolute_sources
+
+    fs, root = fsspec.core.url_to_fs(output)
+    if not fs.exists(f"{root.rstrip('/')}/manifest.json"):
+        return
+    recorded = read_manifest(output).get("sources") or []
+    if absolute_sources(recorded) == absolute_sources(sources):
+        return  # the same region: a re-run or a resume, cached tiles are reused
+    if not overwrite:
+        raise InputError(
+            f"{output} holds the map of other sources ({', '.join(recorded)}); pass "
+            "--overwrite to replace it, or choose another --out."
+        )
+    for name in ("mosaic.zarr", "fields.parquet", "manifest.json", "tiles", "scores"):
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def execute_run(
@@ -52,6 +108,7 @@ def execute_run(
     workers: int | None,
     source_spec: Any = None,
     classify: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
 
@@ -71,6 +128,7 @@ def execute_run(
     from lisegagr_core.region import RegionPaths, RunLock, TileStatus, plan
 
     try:
+        _check_run_layout(config_path)
         settings: dict[str, Any] = {}
         if source_spec is None:
             source_spec, settings = sam_source(model, str(weights_dir), device)
@@ -85,6 +143,8 @@ def execute_run(
         )
         check_writable(output)
         RunLock(RegionPaths(output)).check()  # before any server or cluster starts
+        with storage_errors(output):
+            _claim_output(output, sources, overwrite)
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     _say("model:", source_spec.describe())
@@ -192,6 +252,9 @@ def run(
     points_per_side: PointsOption = None,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an output holding another region's map.")
+    ] = False,
 ) -> None:
     """Map the fields of a region: tiles on Dask workers, merge, mosaic.zarr, fields.parquet."""
     overrides: dict[str, Any] = {}
@@ -218,6 +281,7 @@ def run(
         scheduler=scheduler,
         workers=workers,
         classify=not no_classifier,
+        overwrite=overwrite,
     )
     if summary["counts"]["failed"]:
         raise typer.Exit(code=1)
@@ -451,14 +515,16 @@ def nightly_deployment(
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("demo-out"),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the scene, map, preview, scores.")
+    ] = Path("demo-out"),
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
     device: DeviceOption = None,
     size: Annotated[int, typer.Option(help="Side of the generated scene in pixels.")] = 1280,
     points_per_side: PointsOption = 16,
     workers: WorkersOption = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated scene.")] = 0,
 ) -> None:
     """The main job on an embedded default: a generated georeferenced farmland raster mapped by
     the region flow (local Prefect server, local Dask cluster, local files), then scored."""

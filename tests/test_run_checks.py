@@ -196,3 +196,96 @@ def test_segment_refuses_images_whose_outputs_would_collide_before_any_work(
     assert result.exit_code == 2, result.output
     assert f"{images[0]} and {images[1]} would both be written as" in _error_line(result.output)
     assert not out.exists()
+
+
+def test_two_bands_are_refused_naming_the_option(scene: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(scene), "--out", str(tmp_path / "o"), "--bands", "4,3", *TINY]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--bands takes one band (grey) or three (as R,G,B), not '4,3'" in _error_line(
+        result.output
+    )
+
+
+def test_a_segment_style_config_is_refused_saying_what_to_write(
+    scene: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "segment.yaml"
+    config.write_text("amg: {points_per_side: 16}\nrounds: {max_rounds: 3}\ncore: 512\n")
+    result = runner.invoke(
+        app, ["run", str(scene), "--out", str(tmp_path / "o"), "-c", str(config), *TINY]
+    )
+    assert result.exit_code == 2, result.output
+    line = _error_line(result.output)
+    assert f"{config}: amg, rounds are engine settings" in line
+    assert "under `engine:` (engine: {amg: ..., rounds: ...})" in line
+
+
+def test_an_output_holding_another_region_is_refused_unless_overwritten(
+    scene: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from lisegagr.cli_region import _claim_output
+
+    out = tmp_path / "out"
+    (out / "tiles").mkdir(parents=True)
+    (out / "tiles" / "r0c0.0123.npz").write_bytes(b"old")
+    (out / "manifest.json").write_text(json.dumps({"sources": ["/elsewhere/other.tif"]}))
+    result = runner.invoke(app, ["run", str(scene), "--out", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    assert "holds the map of other sources (/elsewhere/other.tif); pass --overwrite" in (
+        _error_line(result.output)
+    )
+    _claim_output(str(out), [str(scene)], overwrite=True)
+    assert not (out / "tiles").exists() and not (out / "manifest.json").exists()
+    # the same sources (a re-run, a resume) keep their cached tiles
+    (out / "tiles").mkdir()
+    (out / "manifest.json").write_text(json.dumps({"sources": [str(scene)]}))
+    _claim_output(str(out), [str(scene)], overwrite=False)
+    assert (out / "tiles").exists()
+
+
+def test_version_and_top_level_help() -> None:
+    from importlib.metadata import version
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"lisegagr {version('lisegagr')}"
+    top = runner.invoke(app, ["--help"]).output
+    assert "lisegagr run SOURCES --out DIR" in top and "lisegagr segment IMAGE" in top
+
+
+@pytest.mark.parametrize("command", [["run"], ["weights", "list"], ["segment"], ["export"]])
+def test_help_shows_flags_without_a_bool_placeholder(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "<bool>" not in result.output
+
+
+def test_demo_options_have_help() -> None:
+    text = " ".join(runner.invoke(app, ["demo", "--help"], terminal_width=200).output.split())
+    assert "--output <path> Folder for the scene" in text
+    assert "--seed <int> Seed of the generated scene" in text
+
+
+def test_weights_list_shows_tiny_and_marks_the_model_used_by_default(tmp_path: Path) -> None:
+    from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
+
+    (tmp_path / "manifest.json").write_text((DEFAULT_WEIGHTS_DIR / "manifest.json").read_text())
+    result = runner.invoke(
+        app, ["weights", "list", "--weights-dir", str(tmp_path)], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    assert "tiny (default)" in result.output  # no vit_b here: the manifest's default
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"")
+    result = runner.invoke(
+        app, ["weights", "list", "--weights-dir", str(tmp_path)], terminal_width=200
+    )
+    assert "vit_b (default)" in result.output and "tiny (default)" not in result.output
+
+
+def test_the_nannies_closing_local_workers_stay_quiet_without_verbose() -> None:
+    import logging
+
+    logging.getLogger("distributed.nanny").setLevel(logging.NOTSET)
+    runner.invoke(app, ["weights", "list"])
+    assert logging.getLogger("distributed.nanny").getEffectiveLevel() == logging.ERROR
