@@ -270,3 +270,28 @@ def test_resolve_device_refuses_cuda_without_a_gpu() -> None:
 def test_resolve_device_refuses_nonsense() -> None:
     with pytest.raises(InputError, match="'gpu please' is not a device"):
         resolve_device("gpu please")
+
+
+def test_a_model_named_in_another_weights_folder_loads_from_that_folders_manifest(
+    tmp_path: Path,
+) -> None:
+    from affine import Affine
+
+    from lisegagr_core.config import AmgSettings
+    from lisegagr_core.models import TINY
+    from lisegagr_core.source_specs import SamSpec
+    from lisegagr_core.training import register_model
+
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"description": "x", "default": "tiny", "checkpoints": {}})
+    )
+    torch.save(build_tiny_sam().state_dict(), tmp_path / "mine.pt")
+    register_model(tmp_path / "manifest.json", tmp_path / "mine.pt", TINY, make_default=True)
+    clear_model_cache()
+    # As a Dask worker does: only the name and the folder travel.
+    loaded = load_sam("mine", weights_dir=tmp_path, device="cpu")
+    assert loaded.name == "mine" and loaded.origin == "project"
+    clear_model_cache()
+    spec = SamSpec("mine", str(tmp_path), loaded.checkpoint_sha256, "mine", "cpu")
+    source = spec.build(None, AmgSettings(), Affine.identity())  # type: ignore[arg-type]
+    assert source.sam.name == "mine"
