@@ -1,0 +1,168 @@
+"""README's "What happens when…" table, row by row: each case is run and must end with the
+exit code and the words the table promises; a case without a row, or a row without a case,
+fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from lisegagr.cli import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = ["--model", "tiny", "--device", "cpu"]
+runner = CliRunner()
+
+
+def readme_rows() -> dict[str, tuple[int, str]]:
+    """When → (exit code, words shown), from the table under "## What happens when…"."""
+    section = README.read_text().split("## What happens when…", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].isdigit():
+            rows[cells[0]] = (int(cells[2]), cells[3].strip("`"))
+    return rows
+
+
+def _scene(folder: Path) -> Path:
+    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+
+    path = folder / "scene.tif"
+    write_georeferenced_scene(path, make_farmland_scene(256, seed=1))
+    return path
+
+
+def _s3_env(monkeypatch: pytest.MonkeyPatch, tmp: Path, endpoint: str, keys: bool) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    if keys:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _lock(out: Path, pid: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    holder = {"host": socket.gethostname(), "pid": pid, "since": "2026-01-01T00:00:00"}
+    (out / ".lock").write_text(json.dumps(holder))
+
+
+def output_under_a_file(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    (tmp / "taken").write_text("a file")
+    return runner.invoke(app, ["run", str(_scene(tmp)), "--out", str(tmp / "taken/out"), *TINY])
+
+
+def no_credentials(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    _s3_env(mp, tmp, "http://127.0.0.1:9", keys=False)
+    return runner.invoke(app, ["run", str(_scene(tmp)), "--out", "s3://maps/x", *TINY])
+
+
+def dead_endpoint(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    _s3_env(mp, tmp, f"http://127.0.0.1:{_unused_port()}", keys=True)
+    return runner.invoke(app, ["run", str(_scene(tmp)), "--out", "s3://maps/x", *TINY])
+
+
+def missing_source(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    return runner.invoke(app, ["run", str(tmp / "nothing.tif"), "--out", str(tmp / "o"), *TINY])
+
+
+def truncated_source(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    scene = _scene(tmp)
+    scene.write_bytes(scene.read_bytes()[: scene.stat().st_size // 2])
+    return runner.invoke(app, ["run", str(scene), "--out", str(tmp / "o"), *TINY])
+
+
+def two_bands(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--bands", "4,3", *TINY]
+    return runner.invoke(app, args)
+
+
+def segment_layout(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    config = tmp / "segment.yaml"
+    config.write_text("amg: {points_per_side: 16}\nrounds: {max_rounds: 3}\n")
+    args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "-c", str(config), *TINY]
+    return runner.invoke(app, args)
+
+
+def another_run(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    _lock(tmp / "o", os.getpid())
+    return runner.invoke(app, ["run", str(_scene(tmp)), "--out", str(tmp / "o"), *TINY])
+
+
+def another_region(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    (tmp / "o").mkdir()
+    (tmp / "o" / "manifest.json").write_text(json.dumps({"sources": ["/elsewhere/a.tif"]}))
+    return runner.invoke(app, ["run", str(_scene(tmp)), "--out", str(tmp / "o"), *TINY])
+
+
+def same_names(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    images = []
+    for folder in ("a", "b"):
+        (tmp / folder).mkdir()
+        images.append(str(_scene(tmp / folder)))
+    return runner.invoke(app, ["segment", *images, "-o", str(tmp / "o"), *TINY])
+
+
+def killed_run(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _lock(tmp / "o", gone.pid)
+    manifest = {"state": "running", "model": "tiny", "tiles": {}}
+    (tmp / "o" / "manifest.json").write_text(json.dumps(manifest))
+    return runner.invoke(app, ["status", str(tmp / "o")])
+
+
+CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
+    "the output folder lies under a file": output_under_a_file,
+    "no S3 credentials are set": no_credentials,
+    "the S3 endpoint does not answer": dead_endpoint,
+    "a source raster is missing": missing_source,
+    "a source GeoTIFF is truncated": truncated_source,
+    "`--bands` names two bands": two_bands,
+    "the config has the `segment` layout": segment_layout,
+    "another run is writing the output": another_run,
+    "the output holds another region's map": another_region,
+    "two images have the same name": same_names,
+    "a run was killed (`kill -9`, OOM)": killed_run,
+}
+
+
+def test_every_case_has_a_row_and_every_row_a_case() -> None:
+    assert set(readme_rows()) == set(CASES)
+
+
+@pytest.mark.parametrize("when", list(CASES))
+def test_the_readme_says_what_happens(
+    when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exit_code, words = readme_rows()[when]
+    result = CASES[when](tmp_path, monkeypatch)
+    shown = " ".join(result.output.split())  # as one line, whatever the terminal width
+    assert result.exit_code == exit_code, result.output
+    assert words in shown, result.output
+    assert "Traceback" not in result.output
+    if exit_code == 2:
+        assert re.search(r"^error: ", result.output, re.M), result.output
