@@ -49,6 +49,9 @@ from tasks.tiles import GPU, classify_tile, hash_tile, segment_tiles
 
 log = logging.getLogger(__name__)
 
+#: Where a local cluster's dashboard listens: loopback, a free port.
+DASHBOARD_ADDRESS = "127.0.0.1:0"
+
 #: Called with each tile's status as it finishes (progress bars).
 TileCallback = Callable[[TileStatus], None]
 
@@ -242,7 +245,11 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
 
             return DaskTaskRunner(
                 cluster_class="dask_cuda.LocalCUDACluster",
-                cluster_kwargs={"resources": GPU, "threads_per_worker": 2},
+                cluster_kwargs={
+                    "resources": GPU,
+                    "threads_per_worker": 2,
+                    "dashboard_address": DASHBOARD_ADDRESS,
+                },
             )
         except ImportError:
             workers = workers or torch.cuda.device_count()
@@ -254,7 +261,8 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
             "threads_per_worker": 1,
             "processes": True,
             "resources": GPU,
-            "dashboard_address": None,
+            # a free loopback port: no "port 8787 is in use" warning, nothing on 0.0.0.0
+            "dashboard_address": DASHBOARD_ADDRESS,
         },
     )
 

@@ -439,3 +439,22 @@ def test_geojson_export_is_wgs84_per_rfc_7946_and_other_formats_keep_the_crs(
     x, y = document["features"][0]["geometry"]["coordinates"][0][0]
     assert -89 < x < -88 and 39 < y < 40  # UTM 16N at 400 km E, 4400 km N: Illinois
     assert gpd.read_file(tmp_path / "out" / "fields.gpkg").crs.to_epsg() == 32616
+
+
+def test_gdal_zarr_driver_reads_the_mosaic_where_it_supports_zarr_v3(tmp_path: Path) -> None:
+    """rasterio's GDAL (3.10 here) rejects Zarr v3's `bytes` codec; once it reads v3, the
+    mosaic must come with its nodata. Until then `export --format cog` is the GIS route."""
+    from rasterio.errors import RasterioIOError
+
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=7)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    _run(path, scene.instances.astype(np.int64), tmp_path / "out")
+    try:
+        classes = rasterio.open(f'ZARR:"{tmp_path / "out" / "mosaic.zarr"}":/classes')
+    except RasterioIOError as exc:
+        assert "Unsupported codec" in str(exc)
+        pytest.skip(f"GDAL {rasterio.__gdal_version__} cannot read Zarr v3 ({exc})")
+    with classes:
+        assert classes.nodata == 255 and classes.read(1).shape == (256, 256)

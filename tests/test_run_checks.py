@@ -289,3 +289,10 @@ def test_the_nannies_closing_local_workers_stay_quiet_without_verbose() -> None:
     logging.getLogger("distributed.nanny").setLevel(logging.NOTSET)
     runner.invoke(app, ["weights", "list"])
     assert logging.getLogger("distributed.nanny").getEffectiveLevel() == logging.ERROR
+
+
+def test_a_local_cluster_dashboard_takes_a_free_loopback_port() -> None:
+    """Not 8787 on every interface: no "port in use" warning when another cluster runs."""
+    from flows.region import task_runner
+
+    assert task_runner(workers=1).cluster_kwargs["dashboard_address"] == "127.0.0.1:0"
