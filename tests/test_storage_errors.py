@@ -148,3 +148,17 @@ def test_export_to_a_folder_under_a_file_is_one_sentence(tmp_path: Path) -> None
     result = runner.invoke(app, ["export", str(run), "--to", str(target)])
     assert result.exit_code == 2, result.output
     assert f"{tmp_path / 'taken'}: a file is in the way" in _one_sentence(result.output)
+
+
+def test_an_output_without_write_permission_is_one_sentence(scene: Path) -> None:
+    """As root no folder mode refuses a write; /sys (sysfs) does, for anyone."""
+    out = "/sys/lisegagr-out"
+    try:
+        check_writable(out)
+    except StorageError:
+        pass
+    else:
+        pytest.skip("/sys is writable here")
+    result = runner.invoke(app, ["run", str(scene), "--out", out, *TINY])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: access denied" in _one_sentence(result.output)
