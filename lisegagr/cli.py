@@ -1,6 +1,6 @@
 """The `lisegagr` command.
 
-    lisegagr segment IMAGE... -o DIR [--model NAME|PATH]
+    lisegagr segment IMAGE|FOLDER|GLOB... -o DIR [--model NAME|PATH]
     lisegagr demo [-o DIR]
     lisegagr weights list | fetch NAME
 
@@ -9,6 +9,7 @@ Every error the user can fix is printed as one sentence, never as a traceback.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -160,9 +161,34 @@ def _progress() -> Progress:
     )
 
 
+#: What `segment` takes from a folder or a glob.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def _expand_images(images: list[Path]) -> list[Path]:
+    """Folders to the images in them, globs to their matches (sorted); files as given."""
+    expanded: list[Path] = []
+    for image in images:
+        if image.is_dir():
+            found = sorted(p for p in image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise _fail(f"{image}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+            expanded += found
+        elif any(ch in str(image) for ch in "*?[") and not image.exists():
+            matches = sorted(Path(m) for m in glob.glob(str(image)))
+            if not matches:
+                raise _fail(f"{image}: no image matches this pattern.")
+            expanded += matches
+        else:
+            expanded.append(image)
+    return expanded
+
+
 @app.command()
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="JPEG, PNG or GeoTIFF images.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="JPEG, PNG or GeoTIFF images, folders of them, or globs.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
@@ -179,6 +205,7 @@ def segment(
 
     if table_format not in ("csv", "parquet"):
         raise _fail(f"--table-format must be csv or parquet, not {table_format!r}.")
+    images = _expand_images(images)
     by_stem: dict[str, Path] = {}
     for image in images:
         first = by_stem.setdefault(image.stem, image)

@@ -296,3 +296,27 @@ def test_a_local_cluster_dashboard_takes_a_free_loopback_port() -> None:
     from flows.region import task_runner
 
     assert task_runner(workers=1).cluster_kwargs["dashboard_address"] == "127.0.0.1:0"
+
+
+def test_segment_takes_a_folder_or_a_glob_of_images(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("p0.png", "p1.jpg"):
+        cv2.imwrite(str(images / name), rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    (images / "notes.txt").write_text("not an image")
+    fast = [*TINY, "--points-per-side", "4", "--working-size", "96"]
+    for given, out in ((images, tmp_path / "a"), (images / "p*", tmp_path / "b")):
+        result = runner.invoke(app, ["segment", str(given), "-o", str(out), *fast])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.glob("*.labels.tif")) == [
+            "p0.labels.tif",
+            "p1.labels.tif",
+        ]
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["segment", str(tmp_path / "empty"), "-o", str(tmp_path / "c")])
+    assert empty.exit_code == 2
+    assert f"{tmp_path / 'empty'}: the folder holds no image" in _error_line(empty.output)
