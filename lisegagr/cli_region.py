@@ -538,7 +538,10 @@ def demo(
     from lisegagr_core.preview import render_preview
     from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
 
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(str(output))
+    except LisegagrError as exc:
+        raise _fail(str(exc)) from None
     scene = make_farmland_scene(size, seed=seed)
     scene_path = output / "scene.tif"
     write_georeferenced_scene(scene_path, scene)

@@ -162,3 +162,11 @@ def test_an_output_without_write_permission_is_one_sentence(scene: Path) -> None
     result = runner.invoke(app, ["run", str(scene), "--out", out, *TINY])
     assert result.exit_code == 2, result.output
     assert f"{out}: access denied" in _one_sentence(result.output)
+
+
+def test_demo_into_a_folder_under_a_file_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" / "demo"
+    result = runner.invoke(app, ["demo", "-o", str(out), "--model", "tiny"])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: a file is in the way" in _one_sentence(result.output)
