@@ -8,6 +8,7 @@ from lisegagr_core.engine import iterative_rounds, merge_rounds, segment_image
 from lisegagr_core.masks import partition
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.sources import GroundTruthMaskSource
+from lisegagr_core.whitening import unsegmented_fraction, whiten
 
 from .naip import naip_names, naip_scene
 
@@ -43,11 +44,20 @@ def test_round_two_recovers_fields_missed_in_round_one(shared_data: Path, index:
 
 def test_rounds_stop_when_the_whitened_tile_is_almost_all_white(shared_data: Path) -> None:
     rgb, truth = naip_scene(shared_data, naip_names(shared_data)[3])
-    _, reports = iterative_rounds(rgb, GroundTruthMaskSource(truth), RoundSettings())
-    assert len(reports) <= 4
-    if len(reports) < 4:
-        # stopped early: the last whitening left under 5% unsegmented
-        assert reports[-1].unsegmented_fraction >= 0.05
+    settings = RoundSettings()
+    pooled, reports = iterative_rounds(rgb, GroundTruthMaskSource(truth), settings)
+    assert 1 <= len(reports) <= 4
+    # replay the whitenings: each round ran on one with 5% or more left, and the rounds
+    # stopped early only after one that left less
+    seen, left = rgb, []
+    for done in range(1, len(reports) + 1):
+        covered = pooled.select(pooled.stage <= done).union()
+        seen = whiten(seen, covered, done + 1, settings.whitening)
+        left.append(unsegmented_fraction(seen))
+    assert [r.unsegmented_fraction for r in reports[1:]] == left[:-1]
+    assert all(fraction >= 0.05 for fraction in left[:-1])
+    if len(reports) < settings.max_rounds:
+        assert left[-1] < 0.05
 
 
 def test_full_engine_output_is_a_partition_with_records(shared_data: Path) -> None:
