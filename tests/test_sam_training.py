@@ -643,3 +643,15 @@ def test_shipped_model_segments_real_farmland_into_plausible_fields(
     assert labels.max() > 5
     assert (labels > 0)[truth > 0].mean() > 0.5  # most of the outlined field area is covered
     assert field_pixel_iou(truth, labels) > 0.5
+
+
+def test_pooled_scores_count_merged_and_split_fields_over_the_images() -> None:
+    from lisegagr_core.metrics import SegmentationScores
+    from lisegagr_core.training.evaluation import PipelineScores
+
+    one = SegmentationScores(0.8, 0.5, 0.5, 0.5, 0.7, 10, 10, 5, 2, 1)
+    two = SegmentationScores(0.6, 1.0, 0.2, 0.33, 0.9, 10, 2, 2, 3, 0)
+    pooled = PipelineScores.pooled([one, two], seconds=4.0)
+    assert (pooled.merged_fields, pooled.split_fields) == (5, 1)
+    assert pooled.precision == 7 / 12 and pooled.recall == 7 / 20
+    assert pooled.seconds_per_image == 2.0

@@ -91,6 +91,10 @@ class PipelineScores:
     predicted_per_image: float
     true_per_image: float
     seconds_per_image: float
+    merged_fields: int = 0
+    """True fields covered by a predicted instance that covers other true fields too."""
+    split_fields: int = 0
+    """True fields cut into several predicted instances."""
 
     @classmethod
     def pooled(cls, scores: Sequence[SegmentationScores], seconds: float) -> PipelineScores:
@@ -111,6 +115,8 @@ class PipelineScores:
             predicted_per_image=predicted / len(scores),
             true_per_image=true / len(scores),
             seconds_per_image=seconds / len(scores),
+            merged_fields=sum(s.merged_fields for s in scores),
+            split_fields=sum(s.split_fields for s in scores),
         )
 
 
