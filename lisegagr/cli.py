@@ -74,6 +74,21 @@ PointsOption = Annotated[
 ]
 
 
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """`--bands 4,3,2` → (4, 3, 2); one band (grey) or three (R, G, B), else exit 2."""
+    if text is None:
+        return None
+    try:
+        chosen = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise _fail(
+            f"--bands takes 1-based band numbers separated by commas, not {text!r}."
+        ) from None
+    if len(chosen) not in (1, 3):
+        raise _fail(f"--bands takes one band (grey) or three (as R,G,B), not {text!r}.")
+    return chosen
+
+
 def _say(prefix: str, message: str) -> None:
     """One message on stderr, never wrapped mid-sentence (tools and tests grep for it)."""
     console.print(f"{prefix} ", end="")
@@ -199,12 +214,16 @@ def segment(
         int | None, typer.Option(help="Longer side the image is resized to (paper: 1000).")
     ] = None,
     table_format: Annotated[str, typer.Option(help="csv or parquet.")] = "csv",
+    bands: Annotated[
+        str | None, typer.Option(help="Bands as RGB, e.g. 4,3,2, or one as grey (1-based).")
+    ] = None,
 ) -> None:
     """Segment images into field instances (label raster, table, overlay, LabelMe JSON)."""
     from lisegagr_core.single_image import segment_file
 
     if table_format not in ("csv", "parquet"):
         raise _fail(f"--table-format must be csv or parquet, not {table_format!r}.")
+    chosen_bands = parse_bands(bands)
     images = _expand_images(images)
     by_stem: dict[str, Path] = {}
     for image in images:
@@ -235,7 +254,12 @@ def segment(
             progress.update(task, current=image.name)
             try:
                 result = segment_file(
-                    image, source, engine_config, output, table_format=table_format
+                    image,
+                    source,
+                    engine_config,
+                    output,
+                    table_format=table_format,
+                    bands=chosen_bands,
                 )
             except LisegagrError as exc:
                 failures.append(str(exc))

@@ -20,26 +20,13 @@ from lisegagr.cli import (
     app,
     console,
     out,
+    parse_bands,
 )
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.storage import check_writable, storage_errors
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
-
-
-def _bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        chosen = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise _fail(
-            f"--bands takes 1-based band numbers separated by commas, not {text!r}."
-        ) from None
-    if len(chosen) not in (1, 3):
-        raise _fail(f"--bands takes one band (grey) or three (as R,G,B), not {text!r}.")
-    return chosen
 
 
 def _check_run_layout(config_path: Path | None) -> None:
@@ -259,7 +246,7 @@ def run(
     """Map the fields of a region: tiles on Dask workers, merge, mosaic.zarr, fields.parquet."""
     overrides: dict[str, Any] = {}
     for key, value in (
-        ("bands", _bands(bands)),
+        ("bands", parse_bands(bands)),
         ("upscale", upscale),
         ("core", core),
         ("halo", halo),

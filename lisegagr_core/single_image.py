@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +114,12 @@ def segment_file(
     out_dir: Path,
     *,
     table_format: str = "csv",
+    bands: Sequence[int] | None = None,
 ) -> ImageResult:
-    """Read, segment and write one image; raises `InputError` for unusable input."""
+    """Read (`bands`: see `read_image`), segment and write one image; raises `InputError` for
+    unusable input."""
     started = time.perf_counter()
-    loaded = read_image(path)
+    loaded = read_image(path, bands=bands)
     labels, segmentation = segment_loaded(loaded, source, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(path).stem

@@ -320,3 +320,26 @@ def test_segment_takes_a_folder_or_a_glob_of_images(tmp_path: Path) -> None:
     empty = runner.invoke(app, ["segment", str(tmp_path / "empty"), "-o", str(tmp_path / "c")])
     assert empty.exit_code == 2
     assert f"{tmp_path / 'empty'}: the folder holds no image" in _error_line(empty.output)
+
+
+def test_segment_reads_the_bands_asked_for(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    import rasterio
+
+    image = tmp_path / "four.tif"
+    rng = np.random.default_rng(1)
+    with rasterio.open(
+        image, "w", driver="GTiff", width=96, height=96, count=4, dtype="uint8"
+    ) as dst:
+        dst.write(rng.integers(0, 255, (4, 96, 96), dtype=np.uint8))
+    fast = [*TINY, "--points-per-side", "4", "--working-size", "96"]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(image), "-o", str(out), "--bands", "4,3,2", *fast])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((out / "run.json").read_text())["images"]
+    assert "bands 4, 3, 2 used" in entry["notes"]
+    two = runner.invoke(app, ["segment", str(image), "-o", str(out), "--bands", "4,3", *fast])
+    assert two.exit_code == 2
+    assert "--bands takes one band (grey) or three" in _error_line(two.output)
