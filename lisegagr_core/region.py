@@ -47,6 +47,7 @@ from lisegagr_core.mosaic import (
 )
 from lisegagr_core.rasters import RasterSet
 from lisegagr_core.sources import MaskSource
+from lisegagr_core.storage import check_writable
 from lisegagr_core.tiles import (
     TileImage,
     TileResult,
@@ -596,8 +597,8 @@ def export_cogs(
     window = Window(*described.get("data_window", [0, 0, width, height]))
     crs = CRS.from_wkt(described["crs"]) if described.get("crs") else None
     group = open_mosaic(paths.mosaic, paths.storage_options, mode="r")
+    check_writable(folder, paths.storage_options)  # makes a local folder, never a bucket
     target_fs, target = fsspec.core.url_to_fs(folder, **paths.storage_options)
-    target_fs.makedirs(target, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in ("labels", "classes"):

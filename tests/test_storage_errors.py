@@ -170,3 +170,49 @@ def test_demo_into_a_folder_under_a_file_is_one_sentence(tmp_path: Path) -> None
     result = runner.invoke(app, ["demo", "-o", str(out), "--model", "tiny"])
     assert result.exit_code == 2, result.output
     assert f"{out}: a file is in the way" in _one_sentence(result.output)
+
+
+def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from lisegagr_core.config import RegionConfig
+    from lisegagr_core.rasters import open_rasters
+    from lisegagr_core.region import RegionPaths, export_cogs, run_region
+    from lisegagr_core.sources import GroundTruthMaskSource
+    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.tiles import tile_truth
+
+    from .test_s3 import _moto_server
+
+    scene = make_farmland_scene(256, seed=3)
+    write_georeferenced_scene(tmp_path / "scene.tif", scene)
+    truth = scene.instances.astype(np.int64)
+    run_region(
+        open_rasters([str(tmp_path / "scene.tif")]),
+        lambda spec: GroundTruthMaskSource(tile_truth(truth, spec)),
+        RegionConfig(core=256, halo=0),
+        RegionPaths(str(tmp_path / "out")),
+        model_id="ground-truth",
+        model="ground truth",
+    )
+    with _moto_server() as endpoint:
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem()
+        with pytest.raises(StorageError, match=r"s3://no-such-bucket/gis: no such"):
+            export_cogs(str(tmp_path / "out"), "s3://no-such-bucket/gis")
+        assert not fs.exists("no-such-bucket")
+        fs.mkdir("gis")
+        written = export_cogs(str(tmp_path / "out"), "s3://gis/county")
+        assert written == ["s3://gis/county/labels.tif", "s3://gis/county/classes.tif"]
+        assert fs.size("gis/county/classes.tif") > 0
