@@ -87,3 +87,12 @@ def test_a_classifier_outside_the_manifest_folder_is_not_registered(
     save_classifier(FieldClassifier(SMALL), outside)
     with pytest.raises(WeightsError, match="must lie in"):
         register_classifier(weights / "manifest.json", outside)
+
+
+def test_the_classifier_holds_out_the_images_sam_training_holds_out() -> None:
+    from lisegagr_core.classify.dataset import split_by_image as classifier_split
+    from lisegagr_core.training.data import split_by_image as sam_split
+
+    names = [f"image-{i:02d}.png" for i in range(30)]
+    train, validation = sam_split(names, 0.2, seed=0)
+    assert classifier_split(names, 0.2, seed=0) == {"train": train, "test": validation}

@@ -49,6 +49,7 @@ from lisegagr_core.imagery import LoadedImage, read_image
 from lisegagr_core.masks import resplit_labels
 from lisegagr_core.single_image import segment_loaded
 from lisegagr_core.sources import MaskSource
+from lisegagr_core.training.data import split_by_image as split_images
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +188,13 @@ def find_labelled_images(
 
 
 def split_by_image(names: Sequence[str], test_fraction: float, seed: int) -> dict[str, list[str]]:
-    """{"train": [...], "test": [...]}: a seeded random `test_fraction` of the images held out.
+    """{"train": [...], "test": [...]}: a seeded random `test_fraction` of the images held out,
+    the same images that SAM training with the same seed holds out for validation.
 
     At least one image goes to each split when there are two or more; lists are sorted.
     """
-    ordered = sorted(names)
-    count = round(test_fraction * len(ordered))
-    if len(ordered) >= 2 and test_fraction > 0:
-        count = min(len(ordered) - 1, max(1, count))
-    held_out = set(np.random.default_rng(seed).permutation(len(ordered))[:count].tolist())
-    return {
-        "train": [name for i, name in enumerate(ordered) if i not in held_out],
-        "test": [name for i, name in enumerate(ordered) if i in held_out],
-    }
+    train, test = split_images(names, test_fraction, seed)
+    return {"train": train, "test": test}
 
 
 def labelled_instances(
