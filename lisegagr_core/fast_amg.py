@@ -19,8 +19,11 @@ and changes where they are taken:
    there as a boolean tensor: no run-length round trip.
 
 Several images (tiles, refinement crops) can share one encoder call
-(`FastMaskGenerator.generate_batch`). `timings` accumulates seconds per stage (encoder,
-decoder, post-processing) for benchmarks; with `synchronize=True` they are exact on CUDA.
+(`FastMaskGenerator.generate_many`). Candidates travel between the stages as typed batches
+of device tensors (`LowResCandidates`, then `GeneratedMasks`) that filter and concatenate
+all their rows together, as segment_anything's `MaskData` does. `timings` accumulates
+seconds per stage (encoder, decoder, post-processing) for benchmarks; with
+`synchronize=True` they are exact on CUDA.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import numpy as np
 import scipy.sparse
@@ -74,10 +78,44 @@ _UPSAMPLE_CHUNK = (8, 64)
 
 
 @dataclass(frozen=True)
-class GeneratedMasks:
-    """Masks of one image, on the generator's device, best predicted IoU first.
+class _DeviceBatch:
+    """Parallel device tensors, one row per mask: filtered and concatenated together."""
 
-    masks: (N, H, W) bool; boxes: (N, 4) XYXY inclusive; points: (N, 2) the prompt (x, y).
+    def __len__(self) -> int:
+        return int(getattr(self, fields(self)[0].name).shape[0])
+
+    def filter(self, keep: torch.Tensor) -> Self:
+        """The rows `keep` selects: an (N,) bool mask or indices (in their order)."""
+        return replace(self, **{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+    @classmethod
+    def cat(cls, batches: Sequence[Self]) -> Self:
+        """The rows of `batches` (at least one), in order."""
+        return cls(
+            **{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)}
+        )
+
+
+@dataclass(frozen=True)
+class LowResCandidates(_DeviceBatch):
+    """Decoded candidates of one crop before upsampling, on the generator's device.
+
+    logits: (N, h, w) float, the decoder's low-resolution logits over the padded square;
+    predicted_iou: (N,); points: (N, 2) the prompt (x, y) in crop pixels.
+    """
+
+    logits: torch.Tensor
+    predicted_iou: torch.Tensor
+    points: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GeneratedMasks(_DeviceBatch):
+    """Masks of one crop or image, on the generator's device; for an image, best first.
+
+    masks: (N, H, W) bool; predicted_iou, stability: (N,) float; boxes: (N, 4) XYXY
+    inclusive; points: (N, 2) the prompt (x, y); crop_area: (N,) float, the area of the crop
+    each mask came from (NMS across crops prefers the smaller crop).
     """
 
     masks: torch.Tensor
@@ -85,9 +123,30 @@ class GeneratedMasks:
     stability: torch.Tensor
     boxes: torch.Tensor
     points: torch.Tensor
+    crop_area: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.masks.shape[0])
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], device: torch.device) -> GeneratedMasks:
+        """No masks over an (H, W) image."""
+        h, w = image_size
+        return cls(
+            masks=torch.zeros((0, h, w), dtype=torch.bool, device=device),
+            predicted_iou=torch.zeros(0, device=device),
+            stability=torch.zeros(0, device=device),
+            boxes=torch.zeros((0, 4), dtype=torch.long, device=device),
+            points=torch.zeros((0, 2), device=device),
+            crop_area=torch.zeros(0, device=device),
+        )
+
+    def uncropped(self, crop_box: list[int], image_size: tuple[int, int]) -> GeneratedMasks:
+        """Masks of the crop `crop_box` (XYXY) placed into an (H, W) image."""
+        h, w = image_size
+        return replace(
+            self,
+            masks=uncrop_masks(self.masks, crop_box, h, w),
+            boxes=uncrop_boxes_xyxy(self.boxes, crop_box),
+            points=uncrop_points(self.points, crop_box),
+        )
 
     def to_mask_set(self) -> MaskSet:
         """The masks as a `MaskSet`: one device-to-host copy of the boolean masks, and their
@@ -110,15 +169,6 @@ class GeneratedMasks:
             stability=self.stability.float().cpu().numpy(),
         )
         return masks.with_pixels(pixels)
-
-
-@dataclass
-class _Candidates:
-    """Per-crop state while its prompt batches are decoded: low-res logits that survived."""
-
-    logits: list[torch.Tensor]
-    iou: list[torch.Tensor]
-    points: list[torch.Tensor]
 
 
 class FastMaskGenerator:
@@ -158,10 +208,10 @@ class FastMaskGenerator:
 
     def generate(self, image: NDArray[np.uint8]) -> GeneratedMasks:
         """Masks of one (H, W, 3) uint8 image."""
-        return self.generate_batch([image])[0]
+        return self.generate_many([image])[0]
 
     @torch.inference_mode()
-    def generate_batch(self, images: Sequence[NDArray[np.uint8]]) -> list[GeneratedMasks]:
+    def generate_many(self, images: Sequence[NDArray[np.uint8]]) -> list[GeneratedMasks]:
         """Masks of several images; all their crops go through the encoder together."""
         jobs: list[tuple[int, list[int], int]] = []
         for index, image in enumerate(images):
@@ -173,15 +223,12 @@ class FastMaskGenerator:
         crops = [images[i][box[1] : box[3], box[0] : box[2]] for i, box, _ in jobs]
         with self._timed("encoder"):
             features = self.encoder.encode(crops) if crops else None
-        per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
+        per_image: list[list[GeneratedMasks]] = [[] for _ in images]
         for j, (index, box, layer) in enumerate(jobs):
             assert features is not None
             size = (images[index].shape[0], images[index].shape[1])
             per_image[index].append(self._crop(features[j : j + 1], crops[j], box, layer, size))
-        return [
-            self._combine(parts, image.shape[:2])
-            for parts, image in zip(per_image, images, strict=True)
-        ]
+        return [self._combine(parts) for parts in per_image]
 
     def prompt_batch(self) -> int:
         """Prompts decoded at once: the setting, else as many as the device holds."""
@@ -214,7 +261,7 @@ class FastMaskGenerator:
         crop_box: list[int],
         layer: int,
         image_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
+    ) -> GeneratedMasks:
         """Masks of one crop: decode, filter at low resolution, upsample survivors, NMS."""
         crop_size = (crop.shape[0], crop.shape[1])
         input_size = self.encoder.input_size(crop_size)
@@ -229,7 +276,8 @@ class FastMaskGenerator:
         crop: NDArray[np.uint8],
         input_size: tuple[int, int],
         layer: int,
-    ) -> _Candidates:
+    ) -> LowResCandidates | None:
+        """Candidates of the prompt grid that may pass the filters; None if no prompt."""
         s = self.settings
         crop_size = (crop.shape[0], crop.shape[1])
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
@@ -241,7 +289,7 @@ class FastMaskGenerator:
         )
         points_t = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         image_pe = self.sam.prompt_encoder.get_dense_pe()
-        kept = _Candidates([], [], [])
+        kept: list[LowResCandidates] = []
         batch = self.prompt_batch()
         bf16 = s.decoder_precision == "bf16"
         for start in range(0, len(coords), batch):
@@ -274,29 +322,28 @@ class FastMaskGenerator:
                     s.stability_score_offset,
                 )
                 keep &= low_res >= s.stability_score_thresh - self.margin
-            kept.logits.append(logits[keep])
-            kept.iou.append(iou[keep])
-            kept.points.append(prompt_points[keep])
-        return kept
+            kept.append(LowResCandidates(logits, iou, prompt_points).filter(keep))
+        return LowResCandidates.cat(kept) if kept else None
 
     def _finish(
         self,
-        candidates: _Candidates,
+        candidates: LowResCandidates | None,
         crop_size: tuple[int, int],
         input_size: tuple[int, int],
         crop_box: list[int],
         image_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
+    ) -> GeneratedMasks:
+        """Upsample the candidates, keep the stable ones away from the crop's inner edges,
+        NMS; the masks placed into the image."""
         s = self.settings
-        logits = torch.cat(candidates.logits) if candidates.logits else None
-        if logits is None or len(logits) == 0:
-            return _empty(image_size, self.device)
-        iou, points = torch.cat(candidates.iou), torch.cat(candidates.points)
-        self.counts["upsampled"] += len(logits)
+        if candidates is None or len(candidates) == 0:
+            return GeneratedMasks.empty(image_size, self.device)
+        self.counts["upsampled"] += len(candidates)
         masks, stability, kept = [], [], []
         chunk = _UPSAMPLE_CHUNK[self.device.type == "cuda"]
-        for start in range(0, len(logits), chunk):
-            full = self._upsample(logits[start : start + chunk, None], input_size, crop_size)[:, 0]
+        for start in range(0, len(candidates), chunk):
+            logits = candidates.logits[start : start + chunk, None]
+            full = self._upsample(logits, input_size, crop_size)[:, 0]
             score = calculate_stability_score(
                 full, self.sam.mask_threshold, s.stability_score_offset
             )
@@ -309,33 +356,27 @@ class FastMaskGenerator:
             masks.append(full[passed] > self.sam.mask_threshold)
             stability.append(score[passed])
             kept.append(passed)
-        keep = torch.cat(kept)
-        binary, score = torch.cat(masks), torch.cat(stability)
-        iou, points = iou[keep], points[keep]
-        boxes = batched_mask_to_box(binary)
-        h, w = image_size
-        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, w, h])
-        binary, score, iou, points, boxes = (
-            binary[keep],
-            score[keep],
-            iou[keep],
-            points[keep],
-            boxes[keep],
+        survivors = candidates.filter(torch.cat(kept))
+        binary = torch.cat(masks)
+        crop_area = box_area(torch.tensor([crop_box], dtype=torch.float32, device=self.device))
+        found = GeneratedMasks(
+            masks=binary,
+            predicted_iou=survivors.predicted_iou,
+            stability=torch.cat(stability),
+            boxes=batched_mask_to_box(binary),
+            points=survivors.points,
+            crop_area=crop_area.expand(len(binary)),
         )
+        h, w = image_size
+        found = found.filter(~is_box_near_crop_edge(found.boxes, crop_box, [0, 0, w, h]))
         order = batched_nms(
-            boxes.float(), iou, torch.zeros_like(iou, dtype=torch.long), s.box_nms_thresh
+            found.boxes.float(),
+            found.predicted_iou,
+            torch.zeros_like(found.predicted_iou, dtype=torch.long),
+            s.box_nms_thresh,
         )
         self.counts["kept"] += len(order)
-        return {
-            "masks": uncrop_masks(binary[order], crop_box, h, w),
-            "iou": iou[order],
-            "stability": score[order],
-            "boxes": uncrop_boxes_xyxy(boxes[order], crop_box),
-            "points": uncrop_points(points[order], crop_box),
-            "crop_area": box_area(
-                torch.tensor([crop_box], dtype=torch.float32, device=self.device)
-            ).expand(len(order)),
-        }
+        return found.filter(order).uncropped(crop_box, image_size)
 
     def _upsample(
         self, logits: torch.Tensor, input_size: tuple[int, int], crop_size: tuple[int, int]
@@ -348,35 +389,27 @@ class FastMaskGenerator:
         upsampled = F.interpolate(logits, (side, side), mode="bilinear", align_corners=False)
         return upsampled[..., : input_size[0], : input_size[1]]
 
-    def _combine(
-        self, parts: list[dict[str, torch.Tensor]], image_size: tuple[int, ...]
-    ) -> GeneratedMasks:
+    def _combine(self, parts: list[GeneratedMasks]) -> GeneratedMasks:
         """Crops of one image into its masks: NMS across crops (smaller crops win), clean-up."""
-        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        if len(parts) > 1 and len(merged["iou"]):
+        merged = GeneratedMasks.cat(parts)
+        if len(parts) > 1 and len(merged):
             order = batched_nms(
-                merged["boxes"].float(),
-                1.0 / merged["crop_area"],
-                torch.zeros_like(merged["iou"], dtype=torch.long),
+                merged.boxes.float(),
+                1.0 / merged.crop_area,
+                torch.zeros_like(merged.predicted_iou, dtype=torch.long),
                 _CROP_NMS_THRESH,
             )
-            merged = {key: value[order] for key, value in merged.items()}
-        if self.settings.min_mask_region_area > 0 and len(merged["iou"]):
+            merged = merged.filter(order)
+        if self.settings.min_mask_region_area > 0 and len(merged):
             with self._timed("postprocess"):
                 merged = self._remove_small_regions(merged)
-        return GeneratedMasks(
-            masks=merged["masks"],
-            predicted_iou=merged["iou"],
-            stability=merged["stability"],
-            boxes=merged["boxes"],
-            points=merged["points"],
-        )
+        return merged
 
-    def _remove_small_regions(self, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _remove_small_regions(self, merged: GeneratedMasks) -> GeneratedMasks:
         """segment_anything's `postprocess_small_regions` on device masks (OpenCV, CPU)."""
         area = self.settings.min_mask_region_area
         cleaned, unchanged = [], []
-        for mask in merged["masks"].cpu().numpy():
+        for mask in merged.masks.cpu().numpy():
             mask, holes_changed = remove_small_regions(mask, area, mode="holes")
             mask, islands_changed = remove_small_regions(mask, area, mode="islands")
             cleaned.append(torch.as_tensor(mask))
@@ -389,11 +422,7 @@ class FastMaskGenerator:
             torch.zeros(len(boxes), dtype=torch.long, device=self.device),
             max(self.settings.box_nms_thresh, _CROP_NMS_THRESH),
         )
-        return {
-            **{k: v[order] for k, v in merged.items()},
-            "masks": masks[order],
-            "boxes": boxes[order],
-        }
+        return replace(merged, masks=masks, boxes=boxes).filter(order)
 
 
 def on_white(image: NDArray[np.uint8], points: NDArray[np.floating]) -> NDArray[np.bool_]:
@@ -402,15 +431,3 @@ def on_white(image: NDArray[np.uint8], points: NDArray[np.floating]) -> NDArray[
     rows = np.clip(points[:, 1].astype(np.int64), 0, image.shape[0] - 1)
     pixels = image[rows, cols]
     return np.asarray((pixels == 255).all(axis=-1) if pixels.ndim == 2 else pixels == 255)
-
-
-def _empty(image_size: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
-    h, w = image_size
-    return {
-        "masks": torch.zeros((0, h, w), dtype=torch.bool, device=device),
-        "iou": torch.zeros(0, device=device),
-        "stability": torch.zeros(0, device=device),
-        "boxes": torch.zeros((0, 4), dtype=torch.long, device=device),
-        "points": torch.zeros((0, 2), device=device),
-        "crop_area": torch.zeros(0, device=device),
-    }

@@ -73,7 +73,7 @@ class SamMaskSource:
     ) -> list[MaskSet]:
         """Masks of several images; the fast generator encodes them in shared batches."""
         if self._fast is not None:
-            return [masks.to_mask_set() for masks in self._fast.generate_batch(images)]
+            return [masks.to_mask_set() for masks in self._fast.generate_many(images)]
         return [self._generate_vanilla(image) for image in images]
 
     def _generate_vanilla(self, image: NDArray[np.uint8]) -> MaskSet:

@@ -154,7 +154,7 @@ def test_images_share_encoder_calls_and_keep_their_own_masks(
         generator = FastMaskGenerator(
             oracle_sam, settings, encoder=ImageEncoder(oracle_sam, max_batch=4)
         )
-        batched = generator.generate_batch(images)
+        batched = generator.generate_many(images)
     finally:
         hook.remove()
     assert encoder_calls == [3]
