@@ -12,7 +12,6 @@ re-run resumes where the last one stopped.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -329,11 +328,3 @@ def region_flow(
     return map_region.with_options(task_runner=task_runner(scheduler, workers))(
         sources, out, region_config, source
     )
-
-
-def read_run(out: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest of a run's output folder."""
-    import fsspec
-
-    with fsspec.open(f"{out.rstrip('/')}/manifest.json", "r", **dict(storage_options or {})) as f:
-        return dict(json.load(f))

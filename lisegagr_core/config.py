@@ -7,7 +7,6 @@ from their canonical JSON, so a changed threshold invalidates exactly the result
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -239,10 +238,6 @@ class EngineConfig(_Settings):
                 "frame": self.frame.model_copy(update={"scale": 1.0}),
             }
         )
-
-    def canonical_json(self) -> str:
-        """Sorted, compact JSON of every setting: the input of cache keys."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
 class RegionConfig(_Settings):

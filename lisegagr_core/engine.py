@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,9 +72,6 @@ class Segmentation:
     refinement: RefinementReport | None
     masks: MaskSet = field(repr=False)
     """The de-duplicated masks before the partition (they may overlap)."""
-
-    def instance_records(self) -> list[dict[str, object]]:
-        return [asdict(i) for i in self.instances]
 
 
 def _white_drop(settings: RoundSettings, round_number: int) -> float:

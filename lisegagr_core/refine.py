@@ -116,21 +116,15 @@ def find_under_segmented(
     return np.asarray(flagged, dtype=np.int64)
 
 
-def refine_masks(
-    image: NDArray[np.uint8], masks: MaskSet, source: MaskSource, settings: RefineSettings
-) -> tuple[MaskSet, RefinementReport]:
-    """New masks (stage `STAGE_REFINED`, tile coordinates) from re-segmenting suspect masks."""
-    return refine_masks_many([image], [masks], source, settings)[0]
-
-
 def refine_masks_many(
     images: Sequence[NDArray[np.uint8]],
     masks: Sequence[MaskSet],
     source: MaskSource,
     settings: RefineSettings | Sequence[RefineSettings],
 ) -> list[tuple[MaskSet, RefinementReport]]:
-    """`refine_masks` for several images (`settings` for all, or one each); every crop of
-    every image in one source call."""
+    """New masks (stage `STAGE_REFINED`, image coordinates) from re-segmenting the suspect
+    masks of each image (`settings` for all, or one each); every crop of every image in one
+    source call."""
     each = [settings] * len(images) if isinstance(settings, RefineSettings) else list(settings)
     flagged = [find_under_segmented(im, m, s) for im, m, s in zip(images, masks, each, strict=True)]
     owners, crops, windows = [], [], []

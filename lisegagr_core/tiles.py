@@ -2,7 +2,7 @@
 
     tile = read_tile(rasters, grid.tile(3, 5))
     key = tile_hash(tile, segmentation_settings)
-    result = segment_tile(tile, source, config, key)
+    [result] = segment_tiles([tile], source, config, [key])
     save_tile_result(path, result)
 
 A tile hash covers the tile's pixels as read (bytes, dtype, shape, window, valid mask) and
@@ -104,23 +104,15 @@ class TileResult:
         return self.labels[spec.tile_slices(spec.core)]
 
 
-def segment_tile(
-    tile: TileImage, source: MaskSource, config: EngineConfig, digest: str
-) -> TileResult:
-    """Segment a tile; pixels that are not valid (nodata, padding) are never part of a field.
-
-    They are shown to SAM as white (the method's "nothing left here") and cleared from the
-    labels, which are then re-split so that no instance is cut in two by a nodata strip.
-    """
-    return segment_tiles([tile], source, config, [digest])[0]
-
-
 def segment_tiles(
     tiles: Sequence[TileImage], source: MaskSource, config: EngineConfig, digests: Sequence[str]
 ) -> list[TileResult]:
-    """`segment_tile` for several tiles at once: their SAM passes share encoder batches.
+    """Segment tiles; pixels that are not valid (nodata, padding) are never part of a field.
 
-    Each result is the one the tile gets alone; the seconds of the batch are shared evenly.
+    They are shown to SAM as white (the method's "nothing left here") and cleared from the
+    labels, which are then re-split so that no instance is cut in two by a nodata strip.
+    The tiles' SAM passes share encoder batches; each result is the one the tile gets
+    alone, and the seconds of the batch are shared evenly.
     """
     started = time.perf_counter()
     images = []

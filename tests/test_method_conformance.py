@@ -30,7 +30,12 @@ from lisegagr_core.config import (
 )
 from lisegagr_core.engine import iterative_rounds, merge_rounds, segment_image
 from lisegagr_core.masks import MaskSet
-from lisegagr_core.refine import colour_entropy, edge_ratio, find_under_segmented, refine_masks
+from lisegagr_core.refine import (
+    colour_entropy,
+    edge_ratio,
+    find_under_segmented,
+    refine_masks_many,
+)
 from lisegagr_core.whitening import (
     keep_large_dark_regions,
     unsegmented_fraction,
@@ -381,7 +386,7 @@ def test_refinement_crops_drop_masks_90_percent_white_or_more() -> None:
     source = ScriptedSource(shape, crops={(10, 10, 120, 120): [white_89, white_90]})
     masks = MaskSet.from_masks(mask[None])
     assert len(find_under_segmented(image, masks, RefineSettings())) == 1
-    refined, report = refine_masks(image, masks, source, RefineSettings())
+    [(refined, report)] = refine_masks_many([image], [masks], source, RefineSettings())
     assert report.under_segmented == 1
     placed = np.zeros(shape, dtype=bool)
     placed[10:130, 10:130] = white_89
