@@ -288,16 +288,16 @@ def load_sam(
     model), or the path of a ``.pth``/``.pt`` SAM state dict whose architecture is inferred
     from its shapes. Manifest checkpoints are looked up in `weights_dir` and verified against
     their sha256 first; a path whose sha256 is in the manifest takes that entry's name and
-    settings. `manifest` defaults to the one in `weights_dir`. Problems with a checkpoint
-    raise WeightsError; a bad device raises InputError.
+    settings. `manifest` defaults to the one in `weights_dir` (else the project's). Problems
+    with a checkpoint raise WeightsError; a bad device raises InputError.
     """
     target = resolve_device(device)
     if model == TINY_MODEL_NAME:
         return _cached(f"{TINY_MODEL_NAME}-seed-0", target, lambda: _load_tiny(target))
     if not _looks_like_path(model):
-        manifest = (
-            manifest if manifest is not None else Manifest.load(weights_dir / "manifest.json")
-        )
+        if manifest is None:
+            own = weights_dir / "manifest.json"
+            manifest = Manifest.load(own if own.is_file() else DEFAULT_MANIFEST_PATH)
         if model in manifest.entries:
             spec = manifest.entries[model]
             return _cached(spec.sha256, target, lambda: _load_entry(spec, weights_dir, target))

@@ -244,7 +244,8 @@ def test_a_bf16_decoder_moves_mask_edges_only(farmland: NDArray[np.uint8]) -> No
     """Decoder in bf16 (an option for GPUs, off by default): the same masks, edges moved.
 
     It does not meet the fp32 path's criterion (every mask at IoU >= 0.98): on this model
-    the worst mask matches at about 0.91, the median exactly. The tiny model's logits are
+    the median mask matches exactly and nine in ten at 0.95 or more; the worst one moves
+    most (IoU 0.79–0.91, by CPU and thread count, as bf16 rounding depends on the kernels). The tiny model's logits are
     scaled up (a trained SAM's are large) so that bf16 rounding moves mask edges rather
     than the sign of near-zero logits everywhere.
     """
@@ -262,7 +263,8 @@ def test_a_bf16_decoder_moves_mask_edges_only(farmland: NDArray[np.uint8]) -> No
     assert len(fp32) == len(bf16) == 3 * 36
     matched = _matched_ious(fp32, bf16)
     assert np.median(matched) >= 0.99
-    assert matched.min() >= 0.9
+    assert np.percentile(matched, 10) >= 0.95
+    assert matched.min() >= 0.7
 
 
 def test_sources_built_per_tile_share_one_encoder_per_model(oracle_sam: Sam) -> None:
