@@ -599,7 +599,11 @@ def test_cli_trains_registers_and_evaluates(naip_via: Path, tmp_path: Path) -> N
         "pred_iou_thresh": 0.0,
         "stability_score_thresh": 0.0,
     }
-    assert "full LiSegAgr method" in (weights_dir / "lisegagr-test.md").read_text()
+    card = (weights_dir / "lisegagr-test.md").read_text()
+    assert "full LiSegAgr method" in card
+    # The card shows every setting tried (with merged / split fields) and the machine.
+    assert "| 4 | 0 | 0 |" in card and "merged / split" in card
+    assert table["machine"]["cpu"] in card
 
 
 def test_cli_says_in_one_sentence_when_there_is_nothing_to_train_on(tmp_path: Path) -> None:

@@ -78,7 +78,9 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
         f"{config['field_prompts']} field points and {config['background_prompts']} ground "
         f"points each; AdamW, lr {config['lr']:g} with {config['warmup_steps']} warm-up steps "
         f"and a cosine decay, weight decay {config['weight_decay']:g}, seed {config['seed']}. "
-        f"Device: {summary['device']}; wall time {_duration(summary['wall_seconds'])} "
+        f"Device: {summary['device']} ({summary.get('machine', {}).get('cpu') or '?'}, "
+        f"{summary.get('machine', {}).get('cpu_count') or '?'} cores); wall time "
+        f"{_duration(summary['wall_seconds'])} "
         f"({summary['seconds_per_step']:.3f} s per step). Every setting is in "
         f"`{summary['name']}.summary.json`.",
         "",
@@ -86,6 +88,7 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
         "",
         *_validation_table(summary.get("final_validation")),
         "",
+        *_validation_history(summary.get("history", {}).get("validation", [])),
         "## Field segmentation quality",
         "",
         *_evaluation_section(summary["name"], evaluation),
@@ -134,6 +137,48 @@ def _validation_table(final: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def _validation_history(rows: list[Mapping[str, Any]]) -> list[str]:
+    if len(rows) < 2:
+        return []
+    return [
+        "History:",
+        "",
+        "| step | loss | mask IoU (first output) | mask IoU (best of 3) |",
+        "|---|---|---|---|",
+        *(
+            f"| {row['step']} | {row['loss']:.3f} | {row['mask_iou']:.3f} | "
+            f"{row['best_mask_iou']:.3f} |"
+            for row in rows
+        ),
+        "",
+    ]
+
+
+def _settings_table(evaluation: Mapping[str, Any]) -> list[str]:
+    """Every AMG setting tried, each pipeline's object F1 / pixel IoU (full: finalists only)."""
+    lines = [
+        "Every setting tried (object F1 / field-area pixel IoU; merged and split fields of the "
+        "full method):",
+        "",
+        "| points | pred. IoU | stability | AMG | AMG + post-processing | full method | "
+        "merged / split |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in evaluation["results"]:
+        amg, pipelines = result["amg"], result["pipelines"]
+        cells = [
+            f"{pipelines[p]['f1']:.3f} / {pipelines[p]['pixel_iou']:.3f}" if p in pipelines else "–"
+            for p in ("amg", "amg_post", "full")
+        ]
+        full = pipelines.get("full")
+        merged = f"{full.get('merged_fields', '?')} / {full.get('split_fields', '?')}" if full else "–"
+        lines.append(
+            f"| {amg['points_per_side']} | {amg['pred_iou_thresh']:g} | "
+            f"{amg['stability_score_thresh']:g} | {' | '.join(cells)} | {merged} |"
+        )
+    return lines
+
+
 def _evaluation_section(name: str, evaluation: Mapping[str, Any] | None) -> list[str]:
     if evaluation is None:
         return [f"Not evaluated yet: run `lisegagr model evaluate {name} DATA`."]
@@ -157,5 +202,7 @@ def _evaluation_section(name: str, evaluation: Mapping[str, Any] | None) -> list
             f"{scores['precision']:.3f} | {scores['recall']:.3f} | {scores['pixel_iou']:.3f} | "
             f"{scores['predicted_per_image']:.1f} | {scores['true_per_image']:.1f} |"
         )
-    lines += ["", f"Measured on {evaluation['machine']['device']}."]
+    lines += ["", *_settings_table(evaluation)]
+    where = evaluation["machine"]
+    lines += ["", f"Measured on {where['device']} ({where.get('cpu') or 'CPU unknown'})."]
     return lines
