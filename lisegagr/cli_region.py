@@ -521,7 +521,7 @@ def demo(
     import rasterio
 
     from lisegagr_core.metrics import score_partition
-    from lisegagr_core.mosaic import open_mosaic, read_window
+    from lisegagr_core.mosaic import CLASS_LABELS, open_mosaic, read_window
     from lisegagr_core.preview import render_preview
     from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
 
@@ -563,7 +563,10 @@ def demo(
     import geopandas as gpd
 
     classes = gpd.read_parquet(mapped / "fields.parquet")["class"].value_counts().to_dict()
-    counted = ", ".join(f"{n} {name}" for name, n in sorted(classes.items())) or "no instances"
+    counted = (
+        ", ".join(f"{n} {CLASS_LABELS.get(c, c)}" for c, n in sorted(classes.items()))
+        or "no instances"
+    )
     picture = _with_caption(
         render_preview(str(mapped), max_side=1024),
         [

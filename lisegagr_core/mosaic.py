@@ -43,6 +43,13 @@ from lisegagr_core.grid import TileGrid, TileSpec
 log = logging.getLogger(__name__)
 
 CLASS_NONE, CLASS_FIELD, CLASS_NON_FIELD, CLASS_UNCLASSIFIED = 0, 1, 2, 3
+#: What each class value of the `classes` raster and the GeoParquet's `class` column means.
+CLASS_LABELS = {
+    CLASS_NONE: "none",
+    CLASS_FIELD: "field",
+    CLASS_NON_FIELD: "non-field",
+    CLASS_UNCLASSIFIED: "unclassified",
+}
 #: `classes` where there is no imagery or the tile failed (Zarr fill_value, CF _FillValue).
 CLASS_NODATA = 255
 
