@@ -20,11 +20,11 @@ from rasterio.warp import transform as reproject_points
 from typer.testing import CliRunner
 
 from lisegagr.cli import app
-from lisegagr_core.config import AmgSettings, EngineConfig, load_config
+from lisegagr_core.config import AmgSettings, EngineConfig
 from lisegagr_core.engine import segment_image
 from lisegagr_core.errors import InputError
 from lisegagr_core.imagery import resize_labels, resize_to_working_size
-from lisegagr_core.metrics import field_pixel_iou, score_partition
+from lisegagr_core.metrics import score_partition
 from lisegagr_core.models import TINY, build_tiny_sam, clear_model_cache, load_sam
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training import (
@@ -41,13 +41,12 @@ from lisegagr_core.training import (
     read_scene,
     register_model,
     split_by_image,
-    summary_path_of,
     train_sam,
 )
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.objective import decode_prompts, prompt_loss
 from lisegagr_core.training.prompts import interior_pixels, prompt_targets, sample_prompts
-from lisegagr_core.weights import DEFAULT_MANIFEST_PATH, Manifest, sha256_file
+from lisegagr_core.weights import Manifest, sha256_file
 from tests.naip import naip_names
 
 runner = CliRunner()
@@ -614,39 +613,6 @@ def test_cli_says_in_one_sentence_when_there_is_nothing_to_train_on(tmp_path: Pa
     assert result.exit_code == 2
     assert "no annotated images found" in result.output
     assert "Traceback" not in result.output
-
-
-# --- the shipped models ----------------------------------------------------------------------
-
-
-def _project_models() -> list[object]:
-    """Project-trained models of weights/manifest.json, or one skipped placeholder."""
-    manifest = Manifest.load(DEFAULT_MANIFEST_PATH)
-    names: list[object] = [n for n, spec in manifest.entries.items() if spec.url is None]
-    reason = "no project-trained model is registered in weights/manifest.json"
-    return names or [pytest.param("none", marks=pytest.mark.skip(reason=reason))]
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-@pytest.mark.parametrize("name", _project_models())
-def test_shipped_model_segments_real_farmland_into_plausible_fields(
-    name: str, shared_data: Path
-) -> None:
-    sam = load_sam(name, device="cpu")
-    config = load_config(None, {"working_size": 512}, model_settings={"amg": sam.settings})
-    spec = Manifest.load(DEFAULT_MANIFEST_PATH).entries[name]
-    summary = summary_path_of(DEFAULT_MANIFEST_PATH.parent / spec.filename)
-    held_out = json.loads(summary.read_text())["data"]["validation_names"]
-    [scene] = load_scenes(shared_data / "agoro-naip", held_out[:1])
-    image, _ = resize_to_working_size(scene.rgb, 512)
-    truth = resize_labels(scene.instances, image.shape[:2])
-
-    labels = segment_image(image, SamMaskSource(sam, config.amg), config).labels
-
-    assert labels.max() > 5
-    assert (labels > 0)[truth > 0].mean() > 0.5  # most of the outlined field area is covered
-    assert field_pixel_iou(truth, labels) > 0.5
 
 
 def test_pooled_scores_count_merged_and_split_fields_over_the_images() -> None:
