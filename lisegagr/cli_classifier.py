@@ -32,7 +32,7 @@ classifier_app = typer.Typer(
 )
 app.add_typer(classifier_app, name="classifier")
 
-NEGATIVE_SOURCES = ("superpixels", "sam", "none")
+NEGATIVE_SOURCES = ("superpixels", "sam", "sam+superpixels", "none")
 BACKBONES = ("resnet50", "resnet18")
 SCHEDULES = ("constant", "cosine")
 
@@ -50,7 +50,8 @@ def build_dataset(
         str,
         typer.Option(
             help="Non-field examples besides polygons labelled 0: superpixels (SLIC pieces of "
-            "the unlabelled area, cheap), sam (instances of the engine, needs a model) or none."
+            "the unlabelled area, cheap), sam (instances of the engine, needs a model), "
+            "sam+superpixels (the engine's, then SLIC pieces of what it left) or none."
         ),
     ] = "superpixels",
     raster: Annotated[
@@ -68,7 +69,12 @@ def build_dataset(
     points_per_side: PointsOption = None,
 ) -> None:
     """Cut labelled polygons (label 1 field, 0 not) into an ImageFolder of crops, split by image."""
-    from lisegagr_core.classify import EngineNegatives, SuperpixelNegatives, build_crop_dataset
+    from lisegagr_core.classify import (
+        CombinedNegatives,
+        EngineNegatives,
+        SuperpixelNegatives,
+        build_crop_dataset,
+    )
     from lisegagr_core.classify.dataset import NegativeSource
 
     if negatives not in NEGATIVE_SOURCES:
@@ -79,7 +85,7 @@ def build_dataset(
     try:
         if negatives == "superpixels":
             source = SuperpixelNegatives()
-        elif negatives == "sam":
+        elif negatives in ("sam", "sam+superpixels"):
             overrides: dict[str, Any] = {}
             if points_per_side is not None:
                 overrides["amg.points_per_side"] = points_per_side
@@ -88,6 +94,8 @@ def build_dataset(
             )
             _say("model:", described)
             source = EngineNegatives(mask_source, engine_config)
+            if negatives == "sam+superpixels":
+                source = CombinedNegatives(source, SuperpixelNegatives())
         with Progress(
             TextColumn("[bold]images"),
             BarColumn(),

@@ -454,3 +454,35 @@ def test_negatives_from_the_engine_with_a_sam_model(tmp_path: Path) -> None:
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["negatives"].startswith("instances segmented by the LiSegAgr engine")
     assert sum(manifest["counts"][split]["field"] for split in ("train", "test")) == 4
+
+
+def test_combined_negatives_top_up_the_first_sources_instances_over_what_it_left() -> None:
+    from lisegagr_core.classify import CombinedNegatives
+    from lisegagr_core.imagery import LoadedImage
+
+    class Fixed:
+        description = "fixed"
+
+        def __init__(self, labels: np.ndarray) -> None:
+            self.labels = labels
+            self.seen: list[np.ndarray] = []
+
+        def instances(self, image: LoadedImage, labelled: np.ndarray) -> np.ndarray:
+            self.seen.append(labelled.copy())
+            return np.where(labelled, 0, self.labels).astype(np.uint32)
+
+    first_labels = np.zeros((4, 6), np.uint32)
+    first_labels[:2, :2] = 1
+    first_labels[:2, 2:4] = 2
+    then = Fixed(np.tile(np.array([1, 1, 2, 2, 3, 3], np.uint32), (4, 1)))
+    labelled = np.zeros((4, 6), bool)
+    labelled[3] = True  # an outlined field along the bottom row
+    combined = CombinedNegatives(Fixed(first_labels), then)
+
+    image = LoadedImage.__new__(LoadedImage)
+    ids = combined.instances(image, labelled)
+
+    assert (ids[:2, :4] == first_labels[:2, :4]).all()  # the first source's instances, kept
+    assert (then.seen[0] == (labelled | (first_labels > 0))).all()  # the rest only
+    assert set(np.unique(ids[2, :])) == {3, 4, 5} and set(np.unique(ids[:2, 4:])) == {5}
+    assert (ids[3] == 0).all() and "then fixed of the rest" in combined.description

@@ -15,6 +15,7 @@ from lisegagr_core.classify.crops import (
     square_windows,
 )
 from lisegagr_core.classify.dataset import (
+    CombinedNegatives,
     CropDatasetReport,
     EngineNegatives,
     LabelledImage,
@@ -48,6 +49,7 @@ __all__ = [
     "CLASS_NAMES",
     "FIELD_INDEX",
     "ClassifierConfig",
+    "CombinedNegatives",
     "CropDatasetReport",
     "CropFolder",
     "EngineNegatives",

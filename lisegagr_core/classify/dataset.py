@@ -129,6 +129,24 @@ class LabelledImage:
     polygon_sets: tuple[PolygonSet, ...]
 
 
+class CombinedNegatives:
+    """The candidates of `first`, then those of `then` over the unlabelled area `first` left.
+
+    E.g. SAM's own non-field instances (what the pipeline meets, but few: a model trained on
+    fields proposes little else), topped up with superpixel pieces of what SAM left.
+    """
+
+    def __init__(self, first: NegativeSource, then: NegativeSource) -> None:
+        self.first, self.then = first, then
+        self.description = f"{first.description}; then {then.description} of the rest"
+
+    def instances(self, image: LoadedImage, labelled: NDArray[np.bool_]) -> NDArray[np.uint32]:
+        first = self.first.instances(image, labelled)
+        rest = self.then.instances(image, labelled | (first > 0))
+        offset = np.uint32(first.max()) if first.size else np.uint32(0)
+        return np.where((first == 0) & (rest > 0), rest + offset, first).astype(np.uint32)
+
+
 @dataclass
 class CropDatasetReport:
     """What `build_crop_dataset` wrote: crops per split and class, and where each image went."""
