@@ -148,6 +148,7 @@ def _write_validated(manifest_path: Path, raw: Mapping[str, Any]) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
         Manifest.load(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a manifest is shared
         os.replace(temporary, manifest_path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
