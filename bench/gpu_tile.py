@@ -91,6 +91,23 @@ class StageClock:
         finally:
             self.stop(stage)
 
+    def stages(self, oracle_seconds: float = 0.0) -> dict[str, float]:
+        """The method's stages from the clock's readings (the oracle's own time taken out)."""
+        s = self.seconds
+        sam = s["sam_total"] - oracle_seconds
+        return {
+            "encoder": s["encoder"],
+            "decoder": s["decoder"],
+            "amg_postprocess": sam - s["encoder"] - s["decoder"],
+            "whitening": s["whitening"],
+            "refinement_analysis": s["refinement_analysis"],
+            "mask_arithmetic": s["method"]
+            - s["sam_total"]
+            - s["whitening"]
+            - s["refinement_analysis"],
+            "classification": s["classification"],
+        }
+
     def hook_model(self, sam: torch.nn.Module) -> list[Any]:
         """Encoder: patch embedding in → neck out; decoder: prompt encoder in → decoder out.
 
@@ -212,16 +229,7 @@ def run_side(
         for hook in hooks:
             hook.remove()
     s = clock.seconds
-    sam = s["sam_total"] - oracle.seconds
-    stages = {
-        "encoder": s["encoder"],
-        "decoder": s["decoder"],
-        "amg_postprocess": sam - s["encoder"] - s["decoder"],
-        "whitening": s["whitening"],
-        "refinement_analysis": s["refinement_analysis"],
-        "mask_arithmetic": s["method"] - s["sam_total"] - s["whitening"] - s["refinement_analysis"],
-        "classification": s["classification"],
-    }
+    stages = clock.stages(oracle_seconds=oracle.seconds)
     n = len(images)
     side = {
         "per_tile_seconds": round((s["total"] - oracle.seconds) / n, 3),
