@@ -61,11 +61,10 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-@pytest.fixture
-def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The usual AWS settings, pointing at the local server (s3fs reads them)."""
+def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The usual AWS settings, pointing at `endpoint` (s3fs reads them); returns it."""
     for key, value in {
-        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -74,7 +73,13 @@ def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    return s3_endpoint
+    return endpoint
+
+
+@pytest.fixture
+def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The usual AWS settings, pointing at the local server."""
+    return point_aws_at(s3_endpoint, monkeypatch)
 
 
 def _bucket(name: str) -> object:

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from lisegagr.cli import app
 from lisegagr_core.storage import StorageError, check_writable
 
+from .test_s3 import point_aws_at
+
 runner = CliRunner()
 
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -99,16 +101,7 @@ def test_a_dead_endpoint_is_one_sentence(
     with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    for key, value in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
+    point_aws_at(f"http://127.0.0.1:{port}", monkeypatch)
     result = runner.invoke(app, ["run", str(scene), "--out", "s3://maps/x", *TINY])
     assert result.exit_code == 2, result.output
     line = _one_sentence(result.output)
@@ -116,19 +109,12 @@ def test_a_dead_endpoint_is_one_sentence(
 
 
 def test_a_missing_bucket_is_found_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
     from .test_s3 import _moto_server
 
     with _moto_server() as endpoint:
-        for key, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
+        point_aws_at(endpoint, monkeypatch)
         with pytest.raises(StorageError, match=r"s3://no-such-bucket/x: no such"):
             check_writable("s3://no-such-bucket/x")
         assert not s3fs.S3FileSystem().exists("no-such-bucket")  # not created by the check
@@ -176,6 +162,7 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
+    import s3fs
 
     from lisegagr_core.config import RegionConfig
     from lisegagr_core.rasters import open_rasters
@@ -198,16 +185,7 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
         model="ground truth",
     )
     with _moto_server() as endpoint:
-        for key, value in {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
+        point_aws_at(endpoint, monkeypatch)
         fs = s3fs.S3FileSystem()
         with pytest.raises(StorageError, match=r"s3://no-such-bucket/gis: no such"):
             export_cogs(str(tmp_path / "out"), "s3://no-such-bucket/gis")
