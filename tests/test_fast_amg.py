@@ -245,9 +245,9 @@ def test_a_bf16_decoder_moves_mask_edges_only(farmland: NDArray[np.uint8]) -> No
 
     It does not meet the fp32 path's criterion (every mask at IoU >= 0.98): on this model
     the median mask matches exactly and nine in ten at 0.95 or more; the worst one moves
-    most (IoU 0.79–0.91, by CPU and thread count, as bf16 rounding depends on the kernels). The tiny model's logits are
-    scaled up (a trained SAM's are large) so that bf16 rounding moves mask edges rather
-    than the sign of near-zero logits everywhere.
+    most (IoU 0.79–0.91, by CPU and thread count, as bf16 rounding depends on the kernels).
+    The tiny model's logits are scaled up (a trained SAM's are large) so that bf16 rounding
+    moves mask edges rather than the sign of near-zero logits everywhere.
     """
     sam = build_tiny_sam()
     with torch.no_grad():

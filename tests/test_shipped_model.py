@@ -32,10 +32,10 @@ from lisegagr_core.weights import (
     sha256_file,
 )
 
-#: Object F1 and field-area pixel IoU of the full method with the default model on the first held-out NAIP image at a
-#: working size of 512 px (as `lisegagr model evaluate` measured it) with the AMG settings
-#: recorded for the model, measured when the model was trained (docs/model_training.md);
-#: the floor is 60 % of it.
+#: Object F1 and field-area pixel IoU of the full method with the default model on the first
+#: held-out NAIP image at a working size of 512 px (as `lisegagr model evaluate` measured it),
+#: with the AMG settings recorded for the model, measured when it was trained
+#: (docs/model_training.md); the floors are 60 % of them.
 MEASURED_F1, MEASURED_PIXEL_IOU = 0.293, 0.520
 F1_FLOOR, PIXEL_IOU_FLOOR = 0.6 * MEASURED_F1, 0.6 * MEASURED_PIXEL_IOU
 

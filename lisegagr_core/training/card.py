@@ -171,7 +171,9 @@ def _settings_table(evaluation: Mapping[str, Any]) -> list[str]:
             for p in ("amg", "amg_post", "full")
         ]
         full = pipelines.get("full")
-        merged = f"{full.get('merged_fields', '?')} / {full.get('split_fields', '?')}" if full else "–"
+        merged = "–"
+        if full:
+            merged = f"{full.get('merged_fields', '?')} / {full.get('split_fields', '?')}"
         lines.append(
             f"| {amg['points_per_side']} | {amg['pred_iou_thresh']:g} | "
             f"{amg['stability_score_thresh']:g} | {' | '.join(cells)} | {merged} |"
