@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from lisegagr_core.config import EngineConfig, load_config
 from lisegagr_core.errors import LisegagrError
@@ -312,7 +312,7 @@ def weights_list(
     except LisegagrError as exc:
         raise _fail(str(exc)) from None
     default = choose_model(None, weights_dir, manifest)
-    table = Table("name", "present", "verified", "size", "file")
+    table = Table(Column("name", no_wrap=True), "present", "verified", "size", "file")
     if "tiny" not in manifest.entries:
         table.add_row(
             "tiny" + (" (default)" if default == "tiny" else ""),

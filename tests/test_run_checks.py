@@ -268,19 +268,21 @@ def test_demo_options_have_help() -> None:
 
 
 def test_weights_list_shows_tiny_and_marks_the_model_used_by_default(tmp_path: Path) -> None:
-    from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
+    from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest
 
     (tmp_path / "manifest.json").write_text((DEFAULT_WEIGHTS_DIR / "manifest.json").read_text())
+    default = Manifest.load(tmp_path / "manifest.json").default
     result = runner.invoke(
         app, ["weights", "list", "--weights-dir", str(tmp_path)], terminal_width=200
     )
     assert result.exit_code == 0, result.output
-    assert "tiny (default)" in result.output  # no vit_b here: the manifest's default
+    assert "tiny" in result.output
+    assert f"{default} (default)" in result.output  # no vit_b here: the manifest's default
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"")
     result = runner.invoke(
         app, ["weights", "list", "--weights-dir", str(tmp_path)], terminal_width=200
     )
-    assert "vit_b (default)" in result.output and "tiny (default)" not in result.output
+    assert "vit_b (default)" in result.output and f"{default} (default)" not in result.output
 
 
 def test_the_nannies_closing_local_workers_stay_quiet_without_verbose() -> None:
