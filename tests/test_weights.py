@@ -227,14 +227,15 @@ def test_list_checkpoints_hashes_only_when_asked(tmp_path: Path) -> None:
 
 def test_project_manifest_pins_meta_checkpoints() -> None:
     manifest = Manifest.load(DEFAULT_MANIFEST_PATH)
+    meta = {n: s for n, s in manifest.entries.items() if s.url is not None}
 
-    assert manifest.default == "tiny"
-    assert {n: (s.arch, s.size, s.sha256[:8]) for n, s in manifest.entries.items()} == {
+    assert manifest.default == "lisegagr-fields-v1"  # the project's own, committed beside it
+    assert {n: (s.arch, s.size, s.sha256[:8]) for n, s in meta.items()} == {
         "vit_b": ("vit_b", 375042383, "ec2df627"),
         "vit_l": ("vit_l", 1249524607, "3adcc431"),
         "vit_h": ("vit_h", 2564550879, "a7bf3b02"),
     }
-    for spec in manifest.entries.values():
+    for spec in meta.values():
         assert spec.url == f"https://dl.fbaipublicfiles.com/segment_anything/{spec.filename}"
 
 
