@@ -295,9 +295,7 @@ def load_sam(
     if model == TINY_MODEL_NAME:
         return _cached(f"{TINY_MODEL_NAME}-seed-0", target, lambda: _load_tiny(target))
     if not _looks_like_path(model):
-        if manifest is None:
-            own = weights_dir / "manifest.json"
-            manifest = Manifest.load(own if own.is_file() else DEFAULT_MANIFEST_PATH)
+        manifest = manifest or _manifest_for(weights_dir) or Manifest.load(DEFAULT_MANIFEST_PATH)
         if model in manifest.entries:
             spec = manifest.entries[model]
             return _cached(spec.sha256, target, lambda: _load_entry(spec, weights_dir, target))
@@ -306,7 +304,15 @@ def load_sam(
             raise WeightsError(
                 f"{model!r} is neither a model name ({choices}) nor a checkpoint file"
             )
-    return _load_path(Path(model), manifest, target)
+    return _load_path(Path(model), manifest or _manifest_for(weights_dir), target)
+
+
+def _manifest_for(weights_dir: Path) -> Manifest | None:
+    """The manifest of `weights_dir`, else the project's, else None when neither exists."""
+    for path in (weights_dir / "manifest.json", DEFAULT_MANIFEST_PATH):
+        if path.is_file():
+            return Manifest.load(path)
+    return None
 
 
 def model_description(loaded: LoadedSam) -> str:
@@ -398,8 +404,6 @@ def _load_path(path: Path, manifest: Manifest | None, device: torch.device) -> L
     if not path.is_file():
         raise WeightsError(f"{display_path(path)} does not exist; pass a SAM .pth/.pt state dict")
     sha256 = sha256_file(path)
-    if manifest is None and DEFAULT_MANIFEST_PATH.is_file():
-        manifest = Manifest.load(DEFAULT_MANIFEST_PATH)
     spec = manifest.find_by_sha256(sha256) if manifest is not None else None
     return _cached(sha256, device, lambda: _load_verified(path, sha256, spec, device))
 
