@@ -38,7 +38,7 @@ from lisegagr_core.engine import segment_images
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.models import LoadedSam, load_sam, model_description
 from lisegagr_core.synthetic import make_farmland_scene
-from lisegagr_core.training import load_scenes
+from lisegagr_core.training import load_scenes, summary_path_of
 from lisegagr_core.weights import DEFAULT_MANIFEST_PATH, Manifest, default_classifier
 
 SHARED = Path(os.environ.get("LISEGAGR_SHARED_DATA", Path(__file__).parents[2] / "shared/data"))
@@ -52,7 +52,7 @@ def held_out_tile(
     manifest = Manifest.load(weights / "manifest.json")
     spec = manifest.entries.get(model)
     if spec is not None and (SHARED / "agoro-naip").is_dir():
-        summary = weights / f"{Path(spec.filename).stem}.summary.json"
+        summary = summary_path_of(weights / spec.filename)
         if summary.is_file():
             name = json.loads(summary.read_text())["data"]["validation_names"][0]
             [scene] = load_scenes(SHARED / "agoro-naip", [name])
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/cpu_tile.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    started = time.perf_counter()
 
     manifest = Manifest.load(args.weights_dir / "manifest.json")
     model = args.model or manifest.default
@@ -164,7 +165,7 @@ def main() -> None:
         "load_average_at_end": list(os.getloadavg()),
         "machine": machine(),
         "results": results,
-        "wall_seconds": round(time.perf_counter(), 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
