@@ -17,15 +17,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from lisegagr.options import (
+    DOWNLOAD_COLUMNS,
+    ConfigOption,
+    DeviceOption,
+    ModelOption,
+    PointsOption,
+    RichProgress,
+    WeightsDir,
+    console,
+    fail,
+    out,
+    parse_bands,
+    say,
+)
 from lisegagr_core.config import EngineConfig, load_config
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.storage import check_writable
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest, WeightsError
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest, WeightsError, choose_model
 
 HELP = """Map agricultural fields in imagery with iterative Segment Anything (LiSegAgr).
 
@@ -42,62 +55,7 @@ weights_app = typer.Typer(
 )
 app.add_typer(weights_app, name="weights")
 
-console = Console(stderr=True)
-out = Console()
 log = logging.getLogger("lisegagr")
-
-WeightsDir = Annotated[
-    Path,
-    typer.Option(
-        "--weights-dir",
-        envvar="LISEGAGR_WEIGHTS_DIR",
-        help="Where checkpoints are looked for and downloaded to.",
-    ),
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="vit_b, vit_l, vit_h, tiny, a project model name, or a checkpoint PATH. "
-        "Default: vit_b when its checkpoint is present, else the project's default model.",
-    ),
-]
-DeviceOption = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
-]
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML/JSON file of engine settings.")
-]
-PointsOption = Annotated[
-    int | None, typer.Option("--points-per-side", help="AMG point grid per side (paper: 32).")
-]
-
-
-def parse_bands(text: str | None) -> tuple[int, ...] | None:
-    """`--bands 4,3,2` → (4, 3, 2); one band (grey) or three (R, G, B), else exit 2."""
-    if text is None:
-        return None
-    try:
-        chosen = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise _fail(
-            f"--bands takes 1-based band numbers separated by commas, not {text!r}."
-        ) from None
-    if len(chosen) not in (1, 3):
-        raise _fail(f"--bands takes one band (grey) or three (as R,G,B), not {text!r}.")
-    return chosen
-
-
-def _say(prefix: str, message: str) -> None:
-    """One message on stderr, never wrapped mid-sentence (tools and tests grep for it)."""
-    console.print(f"{prefix} ", end="")
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _say("[bold red]error:[/]", message)
-    return typer.Exit(code=2)
 
 
 def _print_version(value: bool) -> None:
@@ -136,16 +94,6 @@ def main(
 
 def _manifest(weights_dir: Path) -> Manifest:
     return Manifest.load(weights_dir / "manifest.json")
-
-
-def choose_model(requested: str | None, weights_dir: Path, manifest: Manifest) -> str:
-    """The model to use: the one asked for, else vit_b when present, else the manifest's default."""
-    if requested:
-        return requested
-    vit_b = manifest.entries.get("vit_b")
-    if vit_b is not None and (weights_dir / vit_b.filename).exists():
-        return "vit_b"
-    return manifest.default
 
 
 def _engine_setup(
@@ -187,12 +135,12 @@ def _expand_images(images: list[Path]) -> list[Path]:
         if image.is_dir():
             found = sorted(p for p in image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise _fail(f"{image}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+                raise fail(f"{image}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)}).")
             expanded += found
         elif any(ch in str(image) for ch in "*?[") and not image.exists():
             matches = sorted(Path(m) for m in glob.glob(str(image)))
             if not matches:
-                raise _fail(f"{image}: no image matches this pattern.")
+                raise fail(f"{image}: no image matches this pattern.")
             expanded += matches
         else:
             expanded.append(image)
@@ -222,14 +170,14 @@ def segment(
     from lisegagr_core.single_image import segment_file
 
     if table_format not in ("csv", "parquet"):
-        raise _fail(f"--table-format must be csv or parquet, not {table_format!r}.")
+        raise fail(f"--table-format must be csv or parquet, not {table_format!r}.")
     chosen_bands = parse_bands(bands)
     images = _expand_images(images)
     by_stem: dict[str, Path] = {}
     for image in images:
         first = by_stem.setdefault(image.stem, image)
         if first != image:
-            raise _fail(
+            raise fail(
                 f"{first} and {image} would both be written as {output / image.stem}.*; "
                 "segment them into separate output folders, or rename one."
             )
@@ -244,8 +192,8 @@ def segment(
             model, weights_dir, device, config, overrides
         )
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
-    _say("model:", described)
+        raise fail(str(exc)) from None
+    say("model:", described)
     failures: list[str] = []
     summary: list[dict[str, Any]] = []
     with _progress() as progress:
@@ -263,7 +211,7 @@ def segment(
                 )
             except LisegagrError as exc:
                 failures.append(str(exc))
-                _say("[red]skipped:[/]", str(exc))
+                say("[red]skipped:[/]", str(exc))
             else:
                 summary.append(
                     {
@@ -274,7 +222,7 @@ def segment(
                     }
                 )
                 for note in result.notes:
-                    _say("[yellow]note:[/]", f"{image}: {note}")
+                    say("[yellow]note:[/]", f"{image}: {note}")
             progress.advance(task)
     output.mkdir(parents=True, exist_ok=True)
     (output / "run.json").write_text(
@@ -310,7 +258,7 @@ def weights_list(
         manifest = _manifest(weights_dir)
         statuses = list_checkpoints(manifest, weights_dir, verify=verify)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     default = choose_model(None, weights_dir, manifest)
     table = Table(Column("name", no_wrap=True), "present", "verified", "size", "file")
     if "tiny" not in manifest.entries:
@@ -355,9 +303,10 @@ def weights_fetch(
                 f"{name} is a project model shipped in {weights_dir}; nothing to fetch."
             )
         weights_dir.mkdir(parents=True, exist_ok=True)
-        path = fetch_checkpoint(spec, weights_dir)
+        with RichProgress(DOWNLOAD_COLUMNS) as progress:
+            path = fetch_checkpoint(spec, weights_dir, progress=progress)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"{name}: {path} (sha256 verified)")
 
 

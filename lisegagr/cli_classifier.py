@@ -10,18 +10,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lisegagr.cli import (
+from lisegagr.cli import _engine_setup, app
+from lisegagr.options import (
     ConfigOption,
     DeviceOption,
     ModelOption,
     PointsOption,
+    RichProgress,
     WeightsDir,
-    _engine_setup,
-    _fail,
-    _say,
-    app,
     console,
+    fail,
     out,
+    say,
 )
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
@@ -78,9 +78,9 @@ def build_dataset(
     from lisegagr_core.classify.dataset import NegativeSource
 
     if negatives not in NEGATIVE_SOURCES:
-        raise _fail(f"--negatives must be one of {', '.join(NEGATIVE_SOURCES)}, not {negatives!r}.")
+        raise fail(f"--negatives must be one of {', '.join(NEGATIVE_SOURCES)}, not {negatives!r}.")
     if not 0.0 <= test_fraction < 1.0:
-        raise _fail(f"--test-fraction must be at least 0 and below 1, not {test_fraction}.")
+        raise fail(f"--test-fraction must be at least 0 and below 1, not {test_fraction}.")
     source: NegativeSource | None = None
     try:
         if negatives == "superpixels":
@@ -92,7 +92,7 @@ def build_dataset(
             mask_source, engine_config, described = _engine_setup(
                 model, weights_dir, device, config, overrides
             )
-            _say("model:", described)
+            say("model:", described)
             source = EngineNegatives(mask_source, engine_config)
             if negatives == "sam+superpixels":
                 source = CombinedNegatives(source, SuperpixelNegatives())
@@ -123,7 +123,7 @@ def build_dataset(
                 on_image=on_image,
             )
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table("split", "images", "field crops", "nonfield crops")
     for split, counts in report.counts.items():
         table.add_row(
@@ -172,9 +172,9 @@ def train(
     from lisegagr_core.classify import ClassifierConfig, train_classifier
 
     if backbone not in BACKBONES:
-        raise _fail(f"--backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
+        raise fail(f"--backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
     if schedule not in SCHEDULES:
-        raise _fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}.")
+        raise fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}.")
     config = ClassifierConfig.model_validate({"backbone": backbone, "input_size": input_size})
     table = Table("epoch", "train loss", "train acc.", "test loss", "test acc.", "test F1", "s")
 
@@ -188,33 +188,35 @@ def train(
             f"{metrics.test_f1:.3f}",
             f"{metrics.seconds:.0f}",
         )
-        _say(
+        say(
             f"epoch {metrics.epoch}:",
             f"loss {metrics.train_loss:.4f}, test accuracy {metrics.test_accuracy:.3f}, "
             f"test F1 {metrics.test_f1:.3f}",
         )
 
     try:
-        report = train_classifier(
-            data,
-            output,
-            config,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            device=device,
-            imagenet_weights=imagenet_weights,
-            schedule=schedule,  # type: ignore[arg-type]
-            augment=augment,
-            seed=seed,
-            num_workers=workers,
-            half=half,
-            on_epoch=on_epoch,
-        )
+        with RichProgress() as progress:
+            report = train_classifier(
+                data,
+                output,
+                config,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                device=device,
+                imagenet_weights=imagenet_weights,
+                schedule=schedule,  # type: ignore[arg-type]
+                augment=augment,
+                seed=seed,
+                num_workers=workers,
+                half=half,
+                progress=progress,
+                on_epoch=on_epoch,
+            )
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     summary = output.with_name(output.name + ".json")
     summary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if make_default:
@@ -230,7 +232,7 @@ def train(
                 source=f"trained by `lisegagr classifier train` on {data}; see {card.name}",
             )
         except LisegagrError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         out.print(f"registered {output.name} as the default classifier; card {card}")
     out.print(table)
     out.print(
@@ -254,7 +256,7 @@ def evaluate_command(
     try:
         scores = evaluate_classifier(classifier, data, split=split, device=device)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_path is not None:
         json_path.write_text(json.dumps(scores, indent=2) + "\n")
     table = Table("metric", "value", title=f"{classifier.name} on {data}/{split}")
@@ -291,7 +293,7 @@ def eval_command(
     try:
         report = evaluate(prediction, truth, target, iou_thresh=iou_thresh)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(
         "image / stage",
         "pixel IoU",

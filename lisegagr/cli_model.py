@@ -20,7 +20,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.table import Table
 
-from lisegagr.cli import _fail, _say, app, out
+from lisegagr.cli import app
+from lisegagr.options import DeviceOption, RichProgress, WeightsDir, fail, out, say
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest
 
@@ -41,9 +42,6 @@ DataArgument = Annotated[
         "LabelMe JSON files or of GeoJSON files next to rasters of the same name."
     ),
 ]
-DeviceOption = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
-]
 ResultsDir = Annotated[
     Path, typer.Option("--results-dir", help="Where the evaluation table JSON is written.")
 ]
@@ -53,14 +51,6 @@ ThreadsOption = Annotated[
         "--threads",
         min=1,
         help="CPU threads for torch (on a busy machine 1 can be several times faster).",
-    ),
-]
-WeightsDir = Annotated[
-    Path,
-    typer.Option(
-        "--weights-dir",
-        envvar="LISEGAGR_WEIGHTS_DIR",
-        help="Where the manifest and the checkpoints are.",
     ),
 ]
 
@@ -153,7 +143,7 @@ def train(
     _set_threads(threads)
     try:
         if output.suffix not in (".pt", ".pth"):
-            raise _fail(f"{output}: the model file must end in .pt or .pth.")
+            raise fail(f"{output}: the model file must end in .pt or .pth.")
         train_config = load_train_config(config, overrides)
         dataset = load_training_set(
             data,
@@ -162,24 +152,25 @@ def train(
             train_config.seed,
         )
         counts = dataset.counts()
-        _say(
+        say(
             "data:",
             f"{counts['train_images']} training images ({counts['train_fields']} fields), "
             f"{counts['validation_images']} held out ({counts['validation_fields']} fields)",
         )
-        with _terminate_like_ctrl_c():
+        with _terminate_like_ctrl_c(), RichProgress() as progress:
             result = train_sam(
                 dataset,
                 output,
                 train_config,
                 checkpoint_dir=checkpoints,
                 resume=resume,
+                progress=progress,
                 data_description=data_description,
             )
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; run the same command to resume from {checkpoints}.") from None
+        raise fail(f"interrupted; run the same command to resume from {checkpoints}.") from None
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     final = result.history.validation[-1] if result.history.validation else None
     out.print(
         f"{output}: {result.size / 1e6:.1f} MB, sha256 {result.sha256[:12]}…, "
@@ -209,7 +200,7 @@ def train(
                 record=True,
             )
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @model_app.command("evaluate")
@@ -251,12 +242,12 @@ def evaluate(
     try:
         names = None if all_images else _held_out_names(name, weights_dir)
         if names is None:
-            _say("note:", f"evaluating on every annotated image of {data}")
+            say("note:", f"evaluating on every annotated image of {data}")
         _evaluate_and_record(
             name, data, weights_dir, names, device, grid, overrides, results_dir, record=record
         )
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _register(
@@ -329,7 +320,8 @@ def _evaluate_and_record(
     config = load_config(None, overrides, model_settings={"amg": sam.settings})
     grid = EvaluationGrid(**{key: value for key, value in grid_lists.items() if value})
     scenes = load_scenes(data, image_names)
-    evaluation = evaluate_model(sam, scenes, grid=grid, config=config, progress=True)
+    with RichProgress() as progress:
+        evaluation = evaluate_model(sam, scenes, grid=grid, config=config, progress=progress)
     table_path = results_dir / f"model_eval_{Path(name).stem}.json"
     write_evaluation(evaluation, table_path)
     _print_evaluation(evaluation.to_dict())

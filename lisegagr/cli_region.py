@@ -9,18 +9,18 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lisegagr.cli import (
+from lisegagr.cli import app
+from lisegagr.options import (
     ConfigOption,
     DeviceOption,
     ModelOption,
     PointsOption,
     WeightsDir,
-    _fail,
-    _say,
-    app,
     console,
+    fail,
     out,
     parse_bands,
+    say,
 )
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.storage import check_writable, storage_errors
@@ -133,8 +133,8 @@ def execute_run(
         with storage_errors(output):
             _claim_output(output, sources, overwrite)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
-    _say("model:", source_spec.describe())
+        raise fail(str(exc)) from None
+    say("model:", source_spec.describe())
     grid = plan(rasters, region_config)
     counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
     with (
@@ -152,7 +152,7 @@ def execute_run(
             redirect_stderr=False,
         ) as progress,
     ):
-        _say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
+        say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
         bar = progress.add_task("tiles", total=len(grid), counts="starting workers")
 
         def on_tile(status: TileStatus) -> None:
@@ -166,7 +166,7 @@ def execute_run(
                     task_runner=task_runner(scheduler, workers)
                 )(sources, output, region_config, source_spec)
         except LisegagrError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     counts = summary["counts"]
     out.print(
         f"{summary['fields']} fields from {len(grid)} tiles in {summary['seconds']:.1f} s "
@@ -179,9 +179,9 @@ def execute_run(
         out.print(f"  {root}/{name}", soft_wrap=True)
     for key, status in summary["statuses"].items():
         if status["status"] == "failed":
-            _say("[red]failed:[/]", f"tile {key}: {status['error']}")
+            say("[red]failed:[/]", f"tile {key}: {status['error']}")
     if counts["failed"]:
-        _say(
+        say(
             "",
             f"{counts['failed']} tile(s) failed; fix the cause and run `lisegagr resume {output}`.",
         )
@@ -284,7 +284,7 @@ def status(output: Annotated[str, typer.Argument(help="A run's output folder.")]
     try:
         manifest = read_manifest(output)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     tiles = manifest["tiles"]
     stored = _stored_tiles(output)
     table = Table("status", "tiles")
@@ -346,7 +346,7 @@ def resume(
     try:
         manifest = read_manifest(output)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from lisegagr_core.source_specs import ground_truth_from_record
 
     recorded = manifest["run"]
@@ -391,13 +391,13 @@ def export(
             with storage_errors(output):
                 written = export_cogs(output, folder)
         except LisegagrError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         for url in written:
             out.print(f"→ {url}", soft_wrap=True)
         return
     if format not in EXPORT_DRIVERS:
         choices = ", ".join([*EXPORT_DRIVERS, "cog"])
-        raise _fail(f"--format must be one of {choices}, not {format!r}.")
+        raise fail(f"--format must be one of {choices}, not {format!r}.")
     source = f"{output.rstrip('/')}/fields.parquet"
     target = destination or f"{output.rstrip('/')}/fields.{format}"
     try:
@@ -410,9 +410,9 @@ def export(
         with storage_errors(target):
             fields.to_file(target, driver=EXPORT_DRIVERS[format], **options)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise _fail(
+        raise fail(
             f"{source} could not be read ({exc.__class__.__name__}); is {output} a run's output?"
         ) from None
     out.print(f"{len(fields)} fields → {target}")
@@ -437,15 +437,15 @@ def preview(
         if box is not None and len(box) != 4:
             raise ValueError
     except ValueError:
-        raise _fail(f"--bbox takes minx,miny,maxx,maxy, not {bbox!r}.") from None
+        raise fail(f"--bbox takes minx,miny,maxx,maxy, not {bbox!r}.") from None
     try:
         picture = render_preview(output, box, max_side=max_side)
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     import cv2
 
     if not cv2.imwrite(str(image), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        raise _fail(f"{image}: the preview could not be written (is the folder there?).")
+        raise fail(f"{image}: the preview could not be written (is the folder there?).")
     out.print(f"{picture.shape[1]}×{picture.shape[0]} preview → {image}")
 
 
@@ -467,7 +467,7 @@ def serve(
         source, output, cron, model, weights_dir, config, scheduler, name
     )
     with prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api:
-        _say("prefect:", f"{api.removesuffix('/api')}: deployment {name}, schedule {cron!r}")
+        say("prefect:", f"{api.removesuffix('/api')}: deployment {name}, schedule {cron!r}")
         from prefect import serve as serve_deployments
 
         serve_deployments(deployment)
@@ -528,7 +528,7 @@ def demo(
     try:
         check_writable(str(output))
     except LisegagrError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     scene = make_farmland_scene(size, seed=seed)
     scene_path = output / "scene.tif"
     write_georeferenced_scene(scene_path, scene)

@@ -1,10 +1,12 @@
-"""Segment Anything models: architectures, building them, and loading checkpoints onto a device.
+"""Segment Anything models: building one of an architecture, and loading checkpoints onto a device.
 
     loaded = load_sam("vit_b")              # a manifest name, verified against its sha256
     loaded = load_sam("weights/my_sam.pth")  # any SAM state dict; architecture inferred
     loaded = load_sam("tiny")               # seeded random weights, fast on a CPU, for tests
 
-A model is built once per process and checkpoint and device, then reused.
+A model is built once per process and checkpoint and device, then reused. The architectures
+are in `lisegagr_core.architectures`, the choice of device in `lisegagr_core.devices`, the
+manifest and the checkpoint files in `lisegagr_core.weights`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -30,11 +32,17 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
-from lisegagr_core.errors import InputError
+from lisegagr_core.architectures import (
+    ARCHITECTURES,
+    TINY,
+    TINY_MODEL_NAME,
+    SamArchitecture,
+    architecture_name,
+)
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.weights import (
     DEFAULT_MANIFEST_PATH,
     DEFAULT_WEIGHTS_DIR,
-    TINY_MODEL_NAME,
     CheckpointSpec,
     Manifest,
     WeightsError,
@@ -54,101 +62,6 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt")
 # SAM's pixel normalisation (ImageNet statistics in 0..255), as segment_anything builds it.
 _PIXEL_MEAN = (123.675, 116.28, 103.53)
 _PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass(frozen=True)
-class SamArchitecture:
-    """The shape of a SAM: image encoder (ViT), prompt encoder and mask decoder.
-
-    Field names follow ``segment_anything/build_sam.py``; defaults are Meta's values.
-    """
-
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
-    image_size: int = 1024
-    vit_patch_size: int = 16
-    window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_depth: int = 2
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    iou_head_hidden_dim: int = 256
-    iou_head_depth: int = 3
-    num_multimask_outputs: int = 3
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            values = value if isinstance(value, tuple) else (value,)
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise ValueError(f"{item.name} must be an integer, not {value!r}")
-            if item.name != "encoder_global_attn_indexes" and value < 1:
-                raise ValueError(f"{item.name} must be at least 1, not {value}")
-        if self.encoder_embed_dim % self.encoder_num_heads:
-            raise ValueError("encoder_num_heads must divide encoder_embed_dim")
-        if self.image_size % self.vit_patch_size:
-            raise ValueError("vit_patch_size must divide image_size")
-        if any(not 0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes):
-            raise ValueError("encoder_global_attn_indexes must lie in 0..encoder_depth-1")
-        # The decoder upscales to prompt_embed_dim // 8 channels, and its cross-attention
-        # works at half width (attention downsample rate 2), split over decoder_num_heads.
-        if self.prompt_embed_dim % 8:
-            raise ValueError("prompt_embed_dim must be a multiple of 8")
-        if (self.prompt_embed_dim // 2) % self.decoder_num_heads:
-            raise ValueError("decoder_num_heads must divide prompt_embed_dim // 2")
-
-    @property
-    def image_embedding_size(self) -> int:
-        """Side of the image embedding grid, in patches."""
-        return self.image_size // self.vit_patch_size
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the attention indexes as a list)."""
-        raw = asdict(self)
-        raw["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
-        return raw
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> SamArchitecture:
-        """The inverse of `to_dict`; unknown or missing fields raise ValueError."""
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown architecture fields {unknown}")
-        values = dict(raw)
-        indexes = values.get("encoder_global_attn_indexes")
-        if isinstance(indexes, list | tuple):
-            values["encoder_global_attn_indexes"] = tuple(indexes)
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ValueError(str(err)) from err
-
-
-VIT_B = SamArchitecture(768, 12, 12, (2, 5, 8, 11))
-VIT_L = SamArchitecture(1024, 24, 16, (5, 11, 17, 23))
-VIT_H = SamArchitecture(1280, 32, 16, (7, 15, 23, 31))
-# A real SAM, small enough to run the whole pipeline on a CPU in tests.
-TINY = SamArchitecture(
-    encoder_embed_dim=64,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=256,
-    window_size=8,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    iou_head_hidden_dim=32,
-)
-ARCHITECTURES: dict[str, SamArchitecture] = {
-    "vit_b": VIT_B,
-    "vit_l": VIT_L,
-    "vit_h": VIT_H,
-    TINY_MODEL_NAME: TINY,
-}
 
 
 @dataclass(frozen=True)
@@ -239,32 +152,6 @@ def build_tiny_sam(seed: int = 0) -> Sam:
     return sam
 
 
-def resolve_device(requested: str | torch.device | None = None) -> torch.device:
-    """The device to run on: `requested`, else CUDA when available, else the CPU.
-
-    A CUDA device without an index gets the current one, so equal devices compare equal.
-    """
-    if requested is None:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError as err:
-        raise InputError(f"{requested!r} is not a device; use cpu, cuda or cuda:N") from err
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {requested!r} was asked for but no CUDA GPU is available")
-        index = torch.cuda.current_device() if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise InputError(
-                f"device {requested!r} does not exist; "
-                f"this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-            )
-        device = torch.device("cuda", index)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {requested!r} was asked for but MPS is not available")
-    return device
-
-
 _CACHE: dict[tuple[str, str], LoadedSam] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -326,14 +213,6 @@ def model_description(loaded: LoadedSam) -> str:
     if loaded.origin == "project":
         return f"{loaded.name} (project-trained {family}, {sha})"
     return f"{loaded.name} ({family} state dict from a file, {sha})"
-
-
-def architecture_name(arch: SamArchitecture) -> str:
-    """The preset name of `arch` (``vit_b``…), or ``custom SAM``."""
-    for name, preset in ARCHITECTURES.items():
-        if preset == arch:
-            return name
-    return "custom SAM"
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor], path: Path) -> SamArchitecture:

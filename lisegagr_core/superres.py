@@ -18,8 +18,8 @@ import spandrel
 import torch
 from numpy.typing import NDArray
 
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -20,32 +20,19 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
+from lisegagr_core.architectures import ARCHITECTURES, TINY_MODEL_NAME, SamArchitecture
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.errors import LisegagrError
-
-if TYPE_CHECKING:
-    from lisegagr_core.models import SamArchitecture
+from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MANIFEST_PATH = DEFAULT_WEIGHTS_DIR / "manifest.json"
-
-# The built-in model with seeded random weights; it has no checkpoint file.
-TINY_MODEL_NAME = "tiny"
 
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = frozenset(
@@ -175,6 +162,20 @@ def _classifier_from_json(raw: Any, shown: str) -> ClassifierSpec | None:
     )
 
 
+def choose_model(requested: str | None, weights_dir: Path, manifest: Manifest) -> str:
+    """The model a command or flow uses: `requested` when given; else Meta's ``vit_b`` when
+    `manifest` lists it and its checkpoint is in `weights_dir`; else the manifest's default.
+
+    Only looks for the file; `models.load_sam` verifies it when it is loaded.
+    """
+    if requested:
+        return requested
+    vit_b = manifest.entries.get("vit_b")
+    if vit_b is not None and (weights_dir / vit_b.filename).exists():
+        return "vit_b"
+    return manifest.default
+
+
 def default_classifier(weights_dir: Path, manifest: Manifest | None = None) -> Path | None:
     """The manifest's default classifier file, checked against its size and sha256; None when
     the manifest names none. A missing or altered file raises WeightsError with the fix."""
@@ -281,7 +282,11 @@ def list_checkpoints(
 
 
 def fetch_checkpoint(
-    spec: CheckpointSpec, weights_dir: Path, *, progress: bool = True, timeout: float = 60
+    spec: CheckpointSpec,
+    weights_dir: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60,
 ) -> Path:
     """Download the checkpoint of `spec` into `weights_dir` and return its path.
 
@@ -289,7 +294,8 @@ def fetch_checkpoint(
     and is moved into place only when its size and sha256 match the manifest; otherwise the
     part file is deleted and WeightsError says what was expected. A checkpoint already there
     and valid is returned without a request; an invalid one is downloaded again.
-    `timeout` is in seconds, per network operation.
+    `timeout` is in seconds, per network operation. `progress` hears of each chunk written
+    (task: the file name; done and total: bytes).
     """
     target = weights_dir / spec.filename
     if spec.url is None:
@@ -330,7 +336,12 @@ def fetch_checkpoint(
 
 
 def _download(
-    spec: CheckpointSpec, url: str, part: IO[bytes], *, progress: bool, timeout: float
+    spec: CheckpointSpec,
+    url: str,
+    part: IO[bytes],
+    *,
+    progress: ProgressCallback | None,
+    timeout: float,
 ) -> tuple[str, int]:
     """Stream `url` into `part`; return the sha256 and byte count of what was written."""
     digest = hashlib.sha256()
@@ -345,35 +356,26 @@ def _download(
     with response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else spec.size
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-            task = bar.add_task(spec.filename, total=total)
-            while True:
-                try:
-                    block = response.read(_DOWNLOAD_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise WeightsError(
-                        f"downloading {url} broke off after {written} bytes ({err}); try again"
-                    ) from err
-                if not block:
-                    break
-                part.write(block)
-                digest.update(block)
-                written += len(block)
-                bar.advance(task, len(block))
+        report = progress or ignore_progress
+        report(ProgressUpdate(spec.filename, 0, total))
+        while True:
+            try:
+                block = response.read(_DOWNLOAD_CHUNK)
+            except (OSError, http.client.HTTPException) as err:
+                raise WeightsError(
+                    f"downloading {url} broke off after {written} bytes ({err}); try again"
+                ) from err
+            if not block:
+                break
+            part.write(block)
+            digest.update(block)
+            written += len(block)
+            report(ProgressUpdate(spec.filename, written, total))
     return digest.hexdigest(), written
 
 
 def _spec_from_json(name: str, entry: object, shown: str) -> CheckpointSpec:
     """One validated manifest entry; `shown` is the manifest's path for error messages."""
-    from lisegagr_core.models import ARCHITECTURES, SamArchitecture  # models imports this module
-
     where = f"{shown} entry {name!r}"
     if not isinstance(entry, dict):
         raise WeightsError(f"{where} must be a JSON object")

@@ -36,6 +36,7 @@ from lisegagr_core.classify import (
 )
 from lisegagr_core.classify.model import HueAttention
 from lisegagr_core.errors import InputError
+from lisegagr_core.progress import ProgressUpdate
 
 runner = CliRunner()
 
@@ -361,11 +362,21 @@ def _colour_crops(root: Path, per_class: int = 12) -> Path:
 @pytest.mark.slow
 def test_short_training_lowers_the_loss_and_writes_a_loadable_classifier(tmp_path: Path) -> None:
     data = _colour_crops(tmp_path / "crops")
+    updates: list[ProgressUpdate] = []
     report = train_classifier(
-        data, tmp_path / "fields.pt", SMALL, epochs=3, batch_size=8, lr=0.01, progress=False
+        data,
+        tmp_path / "fields.pt",
+        SMALL,
+        epochs=3,
+        batch_size=8,
+        lr=0.01,
+        progress=updates.append,
     )
     losses = [epoch.train_loss for epoch in report.history]
     assert losses[-1] < losses[0]
+    assert [u.task for u in updates if u.done == 0] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert updates[-1].done == updates[-1].total == 3  # 24 crops in batches of 8
+    assert updates[-1].status.startswith(f"loss {losses[-1]:.3f}, test accuracy")
     assert report.train_counts == {"field": 12, "nonfield": 12}
     scores = evaluate_classifier(tmp_path / "fields.pt", data)
     assert scores["sha256"] == report.sha256 and scores["crops"] == 8

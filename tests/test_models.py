@@ -10,20 +10,16 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
+from lisegagr_core.architectures import TINY, VIT_B, VIT_H, VIT_L, SamArchitecture
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
 from lisegagr_core.models import (
-    TINY,
-    VIT_B,
-    VIT_H,
-    VIT_L,
-    SamArchitecture,
     build_sam,
     build_tiny_sam,
     clear_model_cache,
     infer_architecture,
     load_sam,
     model_description,
-    resolve_device,
 )
 from lisegagr_core.weights import Manifest, WeightsError, sha256_file
 
@@ -278,7 +274,6 @@ def test_a_model_named_in_another_weights_folder_loads_from_that_folders_manifes
     from affine import Affine
 
     from lisegagr_core.config import AmgSettings
-    from lisegagr_core.models import TINY
     from lisegagr_core.source_specs import SamSpec
     from lisegagr_core.training import register_model
 

@@ -20,12 +20,14 @@ from rasterio.warp import transform as reproject_points
 from typer.testing import CliRunner
 
 from lisegagr.cli import app
+from lisegagr_core.architectures import TINY
 from lisegagr_core.config import AmgSettings, EngineConfig
 from lisegagr_core.engine import segment_image
 from lisegagr_core.errors import InputError
 from lisegagr_core.imagery import resize_labels, resize_to_working_size
 from lisegagr_core.metrics import score_partition
-from lisegagr_core.models import TINY, build_tiny_sam, clear_model_cache, load_sam
+from lisegagr_core.models import build_tiny_sam, clear_model_cache, load_sam
+from lisegagr_core.progress import ProgressUpdate
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training import (
     PIPELINES,
@@ -116,7 +118,6 @@ def trained(naip_128: TrainingSet, tmp_path_factory: pytest.TempPathFactory) -> 
         folder / "fields-test.pt",
         tiny_config(),
         checkpoint_dir=folder / "checkpoints",
-        progress=False,
     )
 
 
@@ -449,26 +450,26 @@ def test_same_seed_gives_identical_weights_and_resume_continues_exactly(
 ) -> None:
     config = tiny_config(steps=6, checkpoint_every=3, val_every=3, log_every=3)
     checkpoints = tmp_path / "checkpoints"
-    first = train_sam(
-        naip_128, tmp_path / "a.pt", config, checkpoint_dir=checkpoints, progress=False
-    )
-    again = train_sam(naip_128, tmp_path / "b.pt", config, progress=False)
+    first = train_sam(naip_128, tmp_path / "a.pt", config, checkpoint_dir=checkpoints)
+    again = train_sam(naip_128, tmp_path / "b.pt", config)
     (checkpoints / "step-000006.pt").unlink()
+    updates: list[ProgressUpdate] = []
     resumed = train_sam(
-        naip_128, tmp_path / "c.pt", config, checkpoint_dir=checkpoints, progress=False
+        naip_128, tmp_path / "c.pt", config, checkpoint_dir=checkpoints, progress=updates.append
     )
     other_seed = train_sam(
         naip_128,
         tmp_path / "d.pt",
         config.model_copy(update={"seed": 1, "steps": 1}),
-        progress=False,
     )
-    one_step = train_sam(
-        naip_128, tmp_path / "e.pt", config.model_copy(update={"steps": 1}), progress=False
-    )
+    one_step = train_sam(naip_128, tmp_path / "e.pt", config.model_copy(update={"steps": 1}))
 
     assert _same_weights(first, again)
     assert _same_weights(first, resumed)
+    # resumed from the step-3 checkpoint
+    assert [(u.task, u.done, u.total) for u in updates] == [
+        ("training", n, 6) for n in (3, 4, 5, 6)
+    ]
     assert resumed.history.validation == first.history.validation
     assert [row["loss"] for row in resumed.history.train] == [
         row["loss"] for row in first.history.train
@@ -480,9 +481,7 @@ def test_same_seed_gives_identical_weights_and_resume_continues_exactly(
 def test_resume_refuses_a_checkpoint_of_other_settings(
     naip_128: TrainingSet, tmp_path: Path
 ) -> None:
-    train_sam(
-        naip_128, tmp_path / "a.pt", tiny_config(steps=1), checkpoint_dir=tmp_path, progress=False
-    )
+    train_sam(naip_128, tmp_path / "a.pt", tiny_config(steps=1), checkpoint_dir=tmp_path)
 
     with pytest.raises(InputError, match=r"other settings \(lr\)"):
         train_sam(
@@ -490,7 +489,6 @@ def test_resume_refuses_a_checkpoint_of_other_settings(
             tmp_path / "b.pt",
             tiny_config(steps=1, lr=2e-3),
             checkpoint_dir=tmp_path,
-            progress=False,
         )
 
 
@@ -506,9 +504,14 @@ def test_evaluation_scores_the_three_pipelines(trained: TrainingResult, naip_via
         points_per_side=(4,), pred_iou_thresh=(0.0,), stability_score_thresh=(0.0, 0.5)
     )
 
-    evaluation = evaluate_model(sam, scenes, grid=grid, config=config, full_method_top=1)
+    updates: list[ProgressUpdate] = []
+    evaluation = evaluate_model(
+        sam, scenes, grid=grid, config=config, full_method_top=1, progress=updates.append
+    )
 
     assert evaluation.images == trained.validation_names
+    ticks = (2 + 1) * len(scenes)  # two settings' single passes, one finalist's full method
+    assert updates == [ProgressUpdate("evaluating", n, ticks) for n in range(ticks + 1)]
     assert [set(result.pipelines) for result in evaluation.results].count(set(PIPELINES)) == 1
     assert set(evaluation.best.pipelines) == {"amg", "amg_post", "full"}
     for result in evaluation.results:

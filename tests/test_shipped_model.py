@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from flows.region import default_model, with_default_classifier
-from lisegagr.cli import choose_model
 from lisegagr_core.classify.model import load_classifier
 from lisegagr_core.config import RegionConfig, load_config
 from lisegagr_core.engine import segment_image
@@ -28,6 +27,7 @@ from lisegagr_core.weights import (
     DEFAULT_WEIGHTS_DIR,
     Manifest,
     WeightsError,
+    choose_model,
     default_classifier,
     sha256_file,
 )

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from lisegagr_core.models import TINY
+from lisegagr_core.architectures import TINY
+from lisegagr_core.progress import ProgressUpdate
 from lisegagr_core.weights import (
     DEFAULT_MANIFEST_PATH,
     CheckpointSpec,
     Manifest,
     WeightsError,
+    choose_model,
     fetch_checkpoint,
     list_checkpoints,
     sha256_file,
@@ -89,11 +91,16 @@ def test_fetch_places_verified_checkpoint_in_weights_dir(
 ) -> None:
     spec = _spec(tmp_path, f"{server.base_url}/sam_test.pth")
     weights_dir = tmp_path / "weights"
+    updates: list[ProgressUpdate] = []
 
-    path = fetch_checkpoint(spec, weights_dir, progress=False)
+    path = fetch_checkpoint(spec, weights_dir, progress=updates.append)
 
     assert path == weights_dir / "sam_test.pth"
     assert sha256_file(path) == CHECKPOINT_SHA256
+    size = len(CHECKPOINT_BYTES)
+    assert updates[0] == ProgressUpdate("sam_test.pth", 0, size)
+    assert updates[-1] == ProgressUpdate("sam_test.pth", size, size)
+    assert len(updates) >= 2 and [u.done for u in updates] == sorted(u.done for u in updates)
     assert sorted(p.name for p in weights_dir.iterdir()) == ["sam_test.pth"]
     verify_checkpoint(spec, path)
 
@@ -105,7 +112,7 @@ def test_fetch_with_wrong_hash_raises_and_leaves_no_file(
     weights_dir = tmp_path / "weights"
 
     with pytest.raises(WeightsError, match=r"expects 0{64}") as raised:
-        fetch_checkpoint(spec, weights_dir, progress=False)
+        fetch_checkpoint(spec, weights_dir)
 
     assert CHECKPOINT_SHA256 in str(raised.value)
     assert list(weights_dir.iterdir()) == []
@@ -119,7 +126,7 @@ def test_fetch_with_wrong_size_raises_and_leaves_no_file(
     weights_dir = tmp_path / "weights"
 
     with pytest.raises(WeightsError, match="sent 288000 bytes"):
-        fetch_checkpoint(manifest.entries["test"], weights_dir, progress=False)
+        fetch_checkpoint(manifest.entries["test"], weights_dir)
 
     assert list(weights_dir.iterdir()) == []
 
@@ -130,8 +137,8 @@ def test_fetch_of_present_checkpoint_makes_no_request(
     spec = _spec(tmp_path, f"{server.base_url}/sam_test.pth")
     weights_dir = tmp_path / "weights"
 
-    first = fetch_checkpoint(spec, weights_dir, progress=False)
-    second = fetch_checkpoint(spec, weights_dir, progress=False)
+    first = fetch_checkpoint(spec, weights_dir)
+    second = fetch_checkpoint(spec, weights_dir)
 
     assert first == second
     assert server.requests == ["/sam_test.pth"]
@@ -143,7 +150,7 @@ def test_fetch_replaces_corrupt_checkpoint(tmp_path: Path, server: CheckpointSer
     weights_dir.mkdir()
     (weights_dir / "sam_test.pth").write_bytes(b"not the checkpoint")
 
-    path = fetch_checkpoint(spec, weights_dir, progress=False)
+    path = fetch_checkpoint(spec, weights_dir)
 
     assert sha256_file(path) == CHECKPOINT_SHA256
     assert len(server.requests) == 1
@@ -157,7 +164,7 @@ def test_fetch_of_missing_url_raises_naming_the_url(
     weights_dir = tmp_path / "weights"
 
     with pytest.raises(WeightsError, match="HTTP 404") as raised:
-        fetch_checkpoint(spec, weights_dir, progress=False)
+        fetch_checkpoint(spec, weights_dir)
 
     assert url in str(raised.value)
     assert list(weights_dir.iterdir()) == []
@@ -168,14 +175,14 @@ def test_fetch_of_unreachable_host_raises_naming_the_url(tmp_path: Path) -> None
     spec = _spec(tmp_path, url)
 
     with pytest.raises(WeightsError, match=url):
-        fetch_checkpoint(spec, tmp_path / "weights", progress=False, timeout=2)
+        fetch_checkpoint(spec, tmp_path / "weights", timeout=2)
 
 
 def test_fetch_of_project_model_without_url_refuses(tmp_path: Path) -> None:
     spec = _spec(tmp_path, None)
 
     with pytest.raises(WeightsError, match="no download URL"):
-        fetch_checkpoint(spec, tmp_path / "weights", progress=False)
+        fetch_checkpoint(spec, tmp_path / "weights")
 
 
 def test_verify_names_missing_checkpoint_and_how_to_fetch_it() -> None:
@@ -294,3 +301,22 @@ def test_manifest_rejects_unknown_default(tmp_path: Path) -> None:
 
     with pytest.raises(WeightsError, match="default model 'vit_q'"):
         Manifest.load(path)
+
+
+def test_choose_model_takes_the_one_asked_for_else_present_vit_b_else_the_default(
+    tmp_path: Path,
+) -> None:
+    manifest = Manifest.load(
+        _write_manifest(tmp_path / "manifest.json", {"vit_b": _entry(None)}, default="tiny")
+    )
+
+    assert choose_model("vit_h", tmp_path, manifest) == "vit_h"
+    assert choose_model(None, tmp_path, manifest) == "tiny"
+    assert choose_model("", tmp_path, manifest) == "tiny"
+    (tmp_path / "sam_test.pth").write_bytes(b"not checked here")
+    assert choose_model(None, tmp_path, manifest) == "vit_b"
+    assert choose_model("tiny", tmp_path, manifest) == "tiny"
+    without_vit_b = Manifest.load(
+        _write_manifest(tmp_path / "manifest.json", {"mine": _entry(None)}, default="mine")
+    )
+    assert choose_model(None, tmp_path, without_vit_b) == "mine"

@@ -25,8 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from scipy.stats import rankdata
 from torch.utils.data import DataLoader, Dataset
 
@@ -40,8 +38,9 @@ from lisegagr_core.classify.model import (
     load_classifier,
     save_classifier,
 )
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import resolve_device
+from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def train_classifier(
     seed: int = 0,
     num_workers: int = 0,
     half: bool = False,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainingReport:
     """Train a classifier on ``data_dir/train`` and write it to `out_file` after the last epoch.
@@ -150,7 +149,7 @@ def train_classifier(
     which settles the last epoch's weights when the rate is high. augment: random flips and
     quarter turns of each training crop (colours unchanged; the paper trains without).
     num_workers: DataLoader processes decoding PNGs. half: store the weights as float16.
-    progress: a rich progress bar on stderr.
+    progress: hears of each batch (one task per epoch, "epoch 2/10", with the loss as status).
     on_epoch is called with each epoch's metrics.
     """
     config = config or ClassifierConfig()
@@ -190,43 +189,42 @@ def train_classifier(
     log.info("training on %s: %s train, %s test crops", target, len(train_set), len(test_set))
     history: list[EpochMetrics] = []
     started = time.perf_counter()
-    with _progress(progress) as bar:
-        for epoch in range(1, epochs + 1):
-            epoch_started = time.perf_counter()
-            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(loader), loss="")
-            model.train()
-            loss_sum, correct = 0.0, 0
-            for crops, targets in loader:
-                images = _model_input(crops.to(target), config, augment=augment)
-                labels = targets.to(target)
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                loss_sum += loss.item() * len(labels)
-                correct += int((logits.argmax(dim=1) == labels).sum())
-                bar.update(task, advance=1, loss=f"loss {loss.item():.3f}")
-            scores, test_loss = predict_crops(model, test_set, batch_size)
-            test = binary_metrics(scores, test_set.targets == FIELD_INDEX)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=loss_sum / len(train_set),
-                train_accuracy=correct / len(train_set),
-                test_loss=test_loss,
-                test_accuracy=float(test["accuracy"]),
-                test_f1=float(test["f1"]),
-                seconds=time.perf_counter() - epoch_started,
-            )
-            bar.update(
-                task,
-                loss=f"loss {metrics.train_loss:.3f}, test accuracy {metrics.test_accuracy:.3f}",
-            )
-            history.append(metrics)
-            log.info("%s", metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
+    report = progress or ignore_progress
+    for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
+        task, batches = f"epoch {epoch}/{epochs}", len(loader)
+        report(ProgressUpdate(task, 0, batches))
+        model.train()
+        loss_sum, correct = 0.0, 0
+        for batch, (crops, targets) in enumerate(loader, start=1):
+            images = _model_input(crops.to(target), config, augment=augment)
+            labels = targets.to(target)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            report(ProgressUpdate(task, batch, batches, f"loss {loss.item():.3f}"))
+        scores, test_loss = predict_crops(model, test_set, batch_size)
+        test = binary_metrics(scores, test_set.targets == FIELD_INDEX)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss_sum / len(train_set),
+            train_accuracy=correct / len(train_set),
+            test_loss=test_loss,
+            test_accuracy=float(test["accuracy"]),
+            test_f1=float(test["f1"]),
+            seconds=time.perf_counter() - epoch_started,
+        )
+        status = f"loss {metrics.train_loss:.3f}, test accuracy {metrics.test_accuracy:.3f}"
+        report(ProgressUpdate(task, batches, batches, status))
+        history.append(metrics)
+        log.info("%s", metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
     seconds = time.perf_counter() - started
     digest = save_classifier(
         model,
@@ -353,15 +351,3 @@ def _model_input(
             chosen = torch.rand(count, device=crops.device) < 0.5
             crops = torch.where(chosen.view(-1, 1, 1, 1), flip(crops), crops)
     return normalise_crops(crops, config.mean, config.std)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[loss]}"),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )

@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,6 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from rasterio.windows import Window
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from lisegagr_core.config import EngineConfig, load_config
 from lisegagr_core.engine import merge_rounds, segment_image
@@ -46,6 +37,7 @@ from lisegagr_core.imagery import resize_labels, resize_to_working_size
 from lisegagr_core.masks import partition
 from lisegagr_core.metrics import SegmentationScores, score_partition
 from lisegagr_core.models import LoadedSam, model_description
+from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training.data import AnnotatedScene
 from lisegagr_core.training.machine import machine
@@ -164,7 +156,7 @@ def evaluate_model(
     grid: EvaluationGrid | None = None,
     config: EngineConfig | None = None,
     full_method_top: int = 3,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ModelEvaluation:
     """Score the pipelines for every AMG setting of `grid` on `scenes`, and choose the best.
 
@@ -173,6 +165,7 @@ def evaluate_model(
     best ``amg_post`` F1 (then pixel IoU), and the best of those by `SELECTED_BY` wins.
     `config` holds every other setting (default: the paper's, with the AMG settings recorded
     for the model); images and true instances are resized to its working size first.
+    `progress` hears of each image scored (task "evaluating").
     """
     if not scenes:
         raise ValueError("evaluate_model needs at least one annotated image")
@@ -185,20 +178,18 @@ def evaluate_model(
     combinations = grid.combinations()
     finalists = min(full_method_top, len(combinations))
     started = time.perf_counter()
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("evaluating", total=(len(combinations) + finalists) * len(prepared))
-        results = [
-            _score_single_pass(sam, prepared, _with_amg(config, amg), amg, bar, task)
-            for amg in combinations
-        ]
-        by_post = sorted(
-            range(len(results)), key=lambda i: _rank(results[i].pipelines["amg_post"]), reverse=True
-        )
-        ranked = by_post[:finalists]
-        for i in ranked:
-            full = _score_full_method(sam, prepared, _with_amg(config, results[i].amg), bar, task)
-            results[i] = SettingsResult(results[i].amg, {**results[i].pipelines, "full": full})
-            log.info("%s: %s", results[i].amg, _one_line(results[i]))
+    tick = _counter("evaluating", (len(combinations) + finalists) * len(prepared), progress)
+    results = [
+        _score_single_pass(sam, prepared, _with_amg(config, amg), amg, tick) for amg in combinations
+    ]
+    by_post = sorted(
+        range(len(results)), key=lambda i: _rank(results[i].pipelines["amg_post"]), reverse=True
+    )
+    ranked = by_post[:finalists]
+    for i in ranked:
+        full = _score_full_method(sam, prepared, _with_amg(config, results[i].amg), tick)
+        results[i] = SettingsResult(results[i].amg, {**results[i].pipelines, "full": full})
+        log.info("%s: %s", results[i].amg, _one_line(results[i]))
     best_index = max(ranked, key=lambda i: _rank(results[i].pipelines["full"]))
     return ModelEvaluation(
         model=model_description(sam),
@@ -239,8 +230,7 @@ def _score_single_pass(
     scenes: Sequence[tuple[NDArray[np.uint8], NDArray[np.uint32]]],
     config: EngineConfig,
     amg: dict[str, float | int],
-    bar: Progress,
-    task: TaskID,
+    tick: Callable[[], None],
 ) -> SettingsResult:
     """``amg`` and ``amg_post`` scores of one AMG setting, from one AMG pass per image."""
     source = SamMaskSource(sam, config.amg)
@@ -257,7 +247,7 @@ def _score_single_pass(
         seconds["amg_post"] += (generated - started) + (time.perf_counter() - partitioned)
         scores["amg"].append(score_partition(truth, plain))
         scores["amg_post"].append(score_partition(truth, post))
-        bar.advance(task)
+        tick()
     return SettingsResult(
         amg=dict(amg),
         pipelines={name: PipelineScores.pooled(scores[name], seconds[name]) for name in scores},
@@ -268,8 +258,7 @@ def _score_full_method(
     sam: LoadedSam,
     scenes: Sequence[tuple[NDArray[np.uint8], NDArray[np.uint32]]],
     config: EngineConfig,
-    bar: Progress,
-    task: TaskID,
+    tick: Callable[[], None],
 ) -> PipelineScores:
     """Scores of `segment_image` (rounds and refinement) with `config`."""
     source = SamMaskSource(sam, config.amg)
@@ -277,7 +266,7 @@ def _score_full_method(
     started = time.perf_counter()
     for image, truth in scenes:
         scores.append(score_partition(truth, segment_image(image, source, config).labels))
-        bar.advance(task)
+        tick()
     return PipelineScores.pooled(scores, time.perf_counter() - started)
 
 
@@ -288,12 +277,15 @@ def _one_line(result: SettingsResult) -> str:
     )
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+def _counter(task: str, total: int, progress: ProgressCallback | None) -> Callable[[], None]:
+    """A function that counts one more unit of `task` done and reports it to `progress`."""
+    report = progress or ignore_progress
+    done = 0
+    report(ProgressUpdate(task, done, total))
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        report(ProgressUpdate(task, done, total))
+
+    return tick

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lisegagr_core.models import SamArchitecture
+from lisegagr_core.architectures import TINY_MODEL_NAME, SamArchitecture
 from lisegagr_core.weights import (
-    TINY_MODEL_NAME,
     CheckpointSpec,
     Manifest,
     WeightsError,

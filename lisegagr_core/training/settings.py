@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lisegagr_core.architectures import ARCHITECTURES, SamArchitecture
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import ARCHITECTURES, SamArchitecture
 
 #: The recipe's architecture: SAM's prompt encoder and mask decoder over a small windowed ViT.
 FIELDS_512 = SamArchitecture(

@@ -18,8 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,19 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from segment_anything.modeling import Sam
 
+from lisegagr_core.architectures import SamArchitecture
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import SamArchitecture, build_sam, resolve_device
+from lisegagr_core.models import build_sam
+from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.card import write_model_card
 from lisegagr_core.training.data import TrainingImage, TrainingSet
@@ -115,7 +108,7 @@ def train_sam(
     *,
     checkpoint_dir: Path | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: ProgressCallback | None = None,
     data_description: str | None = None,
 ) -> TrainingResult:
     """Train a SAM on `dataset` and save it at `output` as an fp16 state dict.
@@ -124,7 +117,8 @@ def train_sam(
     `config.checkpoint_every` steps, after the last step and on Ctrl-C; with `resume`, the run
     continues from the newest one there, which must come from the same settings and images.
     Next to `output` go ``NAME.summary.json`` and the model card ``NAME.md``; the card describes
-    the training data with `data_description` when given.
+    the training data with `data_description` when given. `progress` hears of each step (task
+    "training", with the latest losses as its status).
     """
     device = resolve_device(config.device)
     arch = config.sam_architecture()
@@ -155,34 +149,34 @@ def train_sam(
     log.info(
         "training %d parameters on %s from step %d", parameters, device_name(device), start_step
     )
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("training", total=config.steps, completed=start_step, status="")
-        try:
-            for step in range(start_step, config.steps):
-                terms = train_step(sam, optimizer, train_images, train_labels, config, step)
-                completed = done = step + 1
-                window.append(terms)
-                last = done == config.steps
-                if done % config.log_every == 0 or last:
-                    history.train.append(_train_row(window, done, config.lr_at(step), started))
-                    window.clear()
-                if len(val_images) and (done % config.val_every == 0 or last):
-                    history.validation.append(
-                        {"step": done, **validate(sam, val_images, val_labels, config)}
-                    )
-                    sam.train()
-                if checkpoint_dir is not None and (done % config.checkpoint_every == 0 or last):
-                    _save_checkpoint(
-                        checkpoint_dir, done, sam, optimizer, config, split, history, started
-                    )
-                bar.update(task, completed=done, status=_status(history))
-        except KeyboardInterrupt:
-            if checkpoint_dir is not None and completed > start_step:
-                path = _save_checkpoint(
-                    checkpoint_dir, completed, sam, optimizer, config, split, history, started
+    report = progress or ignore_progress
+    report(ProgressUpdate("training", start_step, config.steps))
+    try:
+        for step in range(start_step, config.steps):
+            terms = train_step(sam, optimizer, train_images, train_labels, config, step)
+            completed = done = step + 1
+            window.append(terms)
+            last = done == config.steps
+            if done % config.log_every == 0 or last:
+                history.train.append(_train_row(window, done, config.lr_at(step), started))
+                window.clear()
+            if len(val_images) and (done % config.val_every == 0 or last):
+                history.validation.append(
+                    {"step": done, **validate(sam, val_images, val_labels, config)}
                 )
-                log.warning("interrupted; resume from %s with the same command", path)
-            raise
+                sam.train()
+            if checkpoint_dir is not None and (done % config.checkpoint_every == 0 or last):
+                _save_checkpoint(
+                    checkpoint_dir, done, sam, optimizer, config, split, history, started
+                )
+            report(ProgressUpdate("training", done, config.steps, _status(history)))
+    except KeyboardInterrupt:
+        if checkpoint_dir is not None and completed > start_step:
+            path = _save_checkpoint(
+                checkpoint_dir, completed, sam, optimizer, config, split, history, started
+            )
+            log.warning("interrupted; resume from %s with the same command", path)
+        raise
     seconds = time.perf_counter() - started
     return _write_outputs(
         sam, output, config, dataset, split, history, seconds, device, data_description
@@ -398,20 +392,6 @@ def _status(history: TrainingHistory) -> str:
         row = history.validation[-1]
         parts.append(f"val loss {row['loss']:.3f} · val mask IoU {row['mask_iou']:.2f}")
     return " · ".join(parts)
-
-
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Progress]:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
-        yield bar
 
 
 def _save_checkpoint(
