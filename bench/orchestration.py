@@ -1,11 +1,13 @@
 """What the flow machinery costs per tile, and throughput with 1 and 2 Dask workers.
 
 The mask source does (almost) no work: ground truth with no fields, one round, no
-refinement. So the in-process run (`lisegagr_core.region.run_region`) is the floor, and the
-difference to the Prefect + Dask flow is orchestration: task submission, state tracking,
-result persistence, cluster start.
+refinement. So the in-process executor (`lisegagr_core.run.run_region`) is the floor, and the
+difference to the Prefect + Dask flow (the same pipeline) is orchestration: task submission,
+state tracking, cluster start. `--before FILE` keeps an earlier
+result beside the new one.
 
-    python bench/orchestration.py [--size 2048 --core 256] [-o bench/results/orchestration.json]
+    python bench/orchestration.py [--size 2048 --core 256] [--before old.json]
+        [-o bench/results/orchestration.json]
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from affine import Affine
 from flows.region import map_region, task_runner
 from flows.server import prefect_server
 from lisegagr_core.config import EngineConfig, RefineSettings, RegionConfig, RoundSettings
-from lisegagr_core.rasters import open_rasters
-from lisegagr_core.region import RegionPaths, run_region
+from lisegagr_core.run import plan_run, run_region
 from lisegagr_core.source_specs import GroundTruthSpec
 
 ORIGIN = Affine(1.0, 0.0, 256 * 1953, 0.0, -1.0, 256 * 17578)
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("bench/results/orchestration.json")
     )
+    parser.add_argument(
+        "--before", type=Path, help="an earlier result file, kept under `before` to compare"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lisegagr-orchestration-"))
     imagery, truth = write_inputs(work, args.size)
@@ -67,29 +71,20 @@ def main() -> None:
     )
     config = RegionConfig(engine=engine, core=args.core, halo=32)
     spec = GroundTruthSpec(str(truth))
-    rasters = open_rasters([str(imagery)], align=config.core)
 
     started = time.perf_counter()
-    report = run_region(
-        rasters,
-        lambda tile: spec.build(tile, engine.amg, rasters.transform),
-        config,
-        RegionPaths(str(work / "in-process")),
-        model_id=spec.model_id,
-        model=spec.describe(),
-    )
+    report = run_region([str(imagery)], str(work / "in-process"), config, spec)
     in_process_s = time.perf_counter() - started
-    tiles = len(report.statuses)
+    tiles = len(report.tiles)
 
     flows: dict[str, dict[str, float]] = {}
     with prefect_server(home=work / "prefect"):
         for workers in (1, 2):
             started = time.perf_counter()
-            summary = map_region.with_options(task_runner=task_runner(workers=workers))(
-                [str(imagery)], str(work / f"flow-{workers}"), config, spec
-            )
+            run = plan_run([str(imagery)], str(work / f"flow-{workers}"), config, spec)
+            summary = map_region.with_options(task_runner=task_runner(workers=workers))(run)
             seconds = time.perf_counter() - started
-            assert summary["counts"]["computed"] == tiles
+            assert summary.counts["computed"] == tiles
             flows[f"{workers}_workers"] = {
                 "seconds": round(seconds, 2),
                 "tiles_per_second": round(tiles / seconds, 2),
@@ -106,6 +101,8 @@ def main() -> None:
         "note": "flow times include starting the local Dask cluster; the Prefect server is "
         "started once before both runs and not counted",
     }
+    if args.before is not None:
+        result["before"] = json.loads(args.before.read_text())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,36 +81,43 @@ def write_raster(path: Path, size: int) -> None:
                 dst.write(render(truth_window(window, size), 0), window=window)
 
 
+@dataclass(frozen=True)
+class ProceduralTruth:
+    """A mask source spec of the benchmark's own fields, drawn per tile (no truth raster)."""
+
+    size: int
+    model_id = "ground-truth:procedural"
+    shared_across_tiles = False
+
+    def describe(self) -> str:
+        return "ground truth (benchmark)"
+
+    def record(self) -> dict[str, str | None]:
+        return {"kind": "benchmark"}
+
+    def build(self, tile, amg, transform):  # type: ignore[no-untyped-def]
+        from lisegagr_core.sources import GroundTruthMaskSource
+
+        truth = np.zeros((tile.size, tile.size), np.int64)
+        truth[tile.tile_slices(tile.read)] = truth_window(tile.read, self.size)
+        return GroundTruthMaskSource(truth)
+
+
 def run_stage(raster: Path, out: Path, size: int) -> dict[str, object]:
     """Runs in its own process so that its peak RSS is the pipeline's alone."""
     from lisegagr_core.config import EngineConfig, RefineSettings, RegionConfig, RoundSettings
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, run_region
-    from lisegagr_core.sources import GroundTruthMaskSource
+    from lisegagr_core.run import run_region
 
     engine = EngineConfig(
         working_size=None, rounds=RoundSettings(max_rounds=1), refine=RefineSettings(enabled=False)
     )
     config = RegionConfig(engine=engine)
-
-    def source_for(spec):  # type: ignore[no-untyped-def]
-        truth = np.zeros((spec.size, spec.size), np.int64)
-        truth[spec.tile_slices(spec.read)] = truth_window(spec.read, size)
-        return GroundTruthMaskSource(truth)
-
     started = time.perf_counter()
-    report = run_region(
-        open_rasters([str(raster)]),
-        source_for,
-        config,
-        RegionPaths(str(out)),
-        model_id="ground-truth",
-        model="ground truth (benchmark)",
-    )
+    report = run_region([str(raster)], str(out), config, ProceduralTruth(size))  # type: ignore[arg-type]
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": report.stage_seconds,
-        "tiles": len(report.statuses),
+        "tiles": len(report.tiles),
         "fields": report.fields,
         "expected_fields": expected_fields(size),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -9,11 +9,10 @@ GeoParquet.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows.region import region_flow
+from lisegagr_core.run import RunManifest
 
 
 @flow(name="lisegagr-nightly", flow_run_name="nightly {out}")
@@ -25,7 +24,7 @@ def nightly_flow(
     scheduler: str | None = None,
     workers: int | None = None,
     weights_dir: str | None = None,
-) -> dict[str, Any]:
+) -> RunManifest:
     """Map `source` (a folder, prefix or glob of rasters) into `out`, computing only new tiles."""
     return region_flow(
         [source],

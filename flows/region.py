@@ -1,52 +1,38 @@
-"""The region flow: plan → per tile (hash, segment on GPU workers) → merge → write → vectorise.
+"""The region flow: the run's pipeline with its stages as Prefect tasks on Dask workers.
 
     region_flow(["s3://imagery/county/"], "s3://maps/county", model="vit_b",
                 scheduler="tcp://10.0.0.5:8786")
 
-Deployment entrypoint: ``flows/region.py:region_flow``. The flow composes tasks; the tasks
-wrap `lisegagr_core`; Dask decides where each task runs (segmentation only on workers that
-declare the ``GPU`` resource) and Prefect caches each tile's segmentation by its hash, so a
-re-run resumes where the last one stopped.
+Deployment entrypoint: ``flows/region.py:region_flow``. The run itself is
+`lisegagr_core.run.pipeline.run_pipeline`, the same as in one process; here its executor
+submits each stage as a Prefect task (`tasks.STAGE_TASKS`: retries on transient errors,
+names in the UI) and Dask places it (segmentation only on workers that declare the ``GPU``
+resource). Finished tiles are found in the output store by their hash, so a re-run resumes
+where the last one stopped, whichever executor wrote them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import dask
 from prefect import flow
-from prefect.futures import PrefectFuture, as_completed
-from prefect.states import State
+from prefect.futures import as_completed
 
 from lisegagr_core.config import RegionConfig, load_region_config
-from lisegagr_core.grid import TileGrid
-from lisegagr_core.rasters import RasterSet, absolute_sources, open_rasters
-from lisegagr_core.region import (
-    RegionPaths,
-    RunLock,
-    TileStatus,
-    classes_by_id,
-    classifier_sha256,
-    plan,
-    write_manifest,
-)
-from lisegagr_core.source_specs import SamSpec, SourceSpec, spec_record
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
-from tasks.mosaic import (
-    attributes_task,
-    create_mosaic_task,
-    merge_tiles,
-    vectorise,
-    write_tile_core,
-)
-from tasks.tiles import GPU, classify_tile, hash_tile, segment_tiles
+from lisegagr_core.run import RegionRun, RunManifest, TileStatus, plan_run, run_pipeline
+from lisegagr_core.source_specs import SamSpec
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, choose_model
+from tasks import STAGE_TASKS
+from tasks.tiles import GPU
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Where a local cluster's dashboard listens: loopback, a free port.
 DASHBOARD_ADDRESS = "127.0.0.1:0"
@@ -74,153 +60,35 @@ def listening_to_tiles(callback: TileCallback) -> Iterator[None]:
         _tile_listeners.remove(callback)
 
 
-def _statuses_of(
-    keys: list[str],
-    segmented: PrefectFuture[list[TileStatus]],
-    hashed: list[PrefectFuture[str | None]],
-) -> list[TileStatus]:
-    """The tiles' statuses from their tasks' final states: cached, computed, empty or failed.
+class PrefectExecutor:
+    """Each stage as its Prefect task, submitted to the flow's task runner (Dask)."""
 
-    A failed task fails each of its tiles; a tile whose hash task failed (its pixels could
-    not be read) carries the read error, the others the segmentation's (with
-    `tiles_per_task` > 1 an unreadable tile thus fails its batch; `resume` redoes them).
-    """
-    segmented.wait()  # the final state from the worker, not the API's possibly older copy
-    state: State[list[TileStatus]] = segmented.state
-    if state.is_completed():
-        statuses = segmented.result()
-        for status in statuses:
-            if state.name == "Cached" and status.status == "computed":
-                status.status = "cached"
-        return statuses
-    error = state.message or state.name
-    try:
-        segmented.result()
-    except Exception as exc:
-        error = f"{exc.__class__.__name__}: {exc}"
-    failed = []
-    for key, digest in zip(keys, hashed, strict=True):
-        try:
-            digest.result()
-            failed.append(TileStatus(key, "failed", error=error))
-        except Exception as exc:
-            failed.append(TileStatus(key, "failed", error=f"{exc.__class__.__name__}: {exc}"))
-    return failed
-
-
-@flow(name="lisegagr-map-region", flow_run_name="map {out}", validate_parameters=False)
-def map_region(
-    sources: list[str],
-    out: str,
-    config: RegionConfig,
-    source: SourceSpec,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Map one region with the current task runner; returns the run's summary.
-
-    storage_options: fsspec options for the sources (credentials, endpoints); by default
-    each filesystem reads its usual settings (AWS_* for s3://).
-    """
-    started = time.perf_counter()
-    paths = RegionPaths(out)
-    rasters = open_rasters(
-        sources,
-        bands=config.bands,
-        upscale=config.upscale,
-        upscale_model=config.upscale_model,
-        align=config.core,
-        storage_options=storage_options,
-    )
-    grid = plan(rasters, config)
-    model = source.describe()
-    statuses: dict[str, TileStatus] = {spec.key: TileStatus(spec.key, "pending") for spec in grid}
-    recorded = {"sources": absolute_sources(sources), "run": spec_record(source)}
-    with RunLock(paths):
-        write_manifest(
-            paths, config, rasters, grid, model, statuses, {**recorded, "state": "running"}
-        )
-        futures: dict[PrefectFuture[list[TileStatus]], list[str]] = {}
-        hashes: dict[str, PrefectFuture[str | None]] = {}
-        specs = list(grid)
-        for start in range(0, len(specs), config.tiles_per_task):
-            batch = specs[start : start + config.tiles_per_task]
-            for spec in batch:
-                hashes[spec.key] = hash_tile.submit(rasters, spec, config, source.model_id)
-            digests = [hashes[spec.key] for spec in batch]
-            with dask.annotate(resources=GPU):
-                segmented = segment_tiles.submit(
-                    rasters, batch, cast(Any, digests), config, source, paths
-                )
-            futures[segmented] = [spec.key for spec in batch]
-        last_manifest = time.monotonic()
+    def map(
+        self, stage: Callable[..., T], jobs: Sequence[tuple[Any, ...]]
+    ) -> Iterator[tuple[int, T | BaseException]]:
+        task, resources = STAGE_TASKS[stage]
+        futures = {}
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            for index, job in enumerate(jobs):
+                futures[task.submit(*job)] = index
         for future in as_completed(list(futures)):
-            keys = futures[future]
-            for status in _statuses_of(keys, future, [hashes[key] for key in keys]):
-                statuses[status.key] = status
-                _notify(status)
-            if time.monotonic() - last_manifest > 10:
-                write_manifest(
-                    paths,
-                    config,
-                    rasters,
-                    grid,
-                    model,
-                    statuses,
-                    {**recorded, "state": "running"},
-                )
-                last_manifest = time.monotonic()
+            try:
+                yield futures[future], future.result()
+            except Exception as exc:  # reported to the pipeline, which records it
+                yield futures[future], exc
 
-        field_scores = _classify(rasters, grid, statuses, config, paths)
-        ids = merge_tiles.submit(grid, statuses, config, paths).result()
-        attributes = attributes_task.submit(
-            grid, statuses, ids, paths, model, field_scores
-        ).result()
-        create_mosaic_task.submit(rasters, grid, paths).result()
-        lookup = classes_by_id(attributes, ids.count)
-        writes = [
-            write_tile_core.submit(spec, statuses[spec.key], ids.maps.get(spec.key), lookup, paths)
-            for spec in grid
-        ]
-        for write in writes:
-            write.result()
-        fields = vectorise.submit(rasters, grid, attributes, paths).result()
-        counts = {
-            s: sum(1 for t in statuses.values() if t.status == s)
-            for s in ("computed", "cached", "empty", "failed")
-        }
-        summary = {
-            **recorded,
-            "model": model,
-            "state": "failed tiles" if counts["failed"] else "complete",
-            "fields": fields,
-            "counts": counts,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        write_manifest(paths, config, rasters, grid, model, statuses, summary)
-    return {**summary, "statuses": {k: v.__dict__ for k, v in statuses.items()}, "out": out}
+    def call(self, stage: Callable[..., T], *args: Any) -> T:
+        task, resources = STAGE_TASKS[stage]
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            future = task.submit(*args)
+        result: T = future.result()
+        return result
 
 
-def _classify(
-    rasters: RasterSet,
-    grid: TileGrid,
-    statuses: Mapping[str, TileStatus],
-    config: RegionConfig,
-    paths: RegionPaths,
-) -> dict[str, dict[int, float]]:
-    """Field scores of every segmented tile (GPU tasks), or none without a classifier."""
-    if not config.classifier:
-        log.warning("no classifier configured: instances are written as unclassified")
-        return {}
-    classifier_hash = classifier_sha256(config.classifier)
-    futures = {}
-    for spec in grid:
-        digest = statuses[spec.key].tile_hash
-        if digest is not None and statuses[spec.key].status != "failed":
-            with dask.annotate(resources=GPU):
-                futures[spec.key] = classify_tile.submit(
-                    rasters, spec, digest, config.classifier, classifier_hash, paths
-                )
-    return {key: future.result() for key, future in futures.items()}
+@flow(name="lisegagr-map-region", flow_run_name="map {run.paths.root}", validate_parameters=False)
+def map_region(run: RegionRun) -> RunManifest:
+    """Map one planned region with the current task runner; returns the run's manifest."""
+    return run_pipeline(run, PrefectExecutor(), _notify)
 
 
 def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any:
@@ -277,20 +145,12 @@ def sam_source(
 
     folder = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR
     manifest = Manifest.load(folder / "manifest.json")
-    name = model or default_model(folder, manifest)
+    name = choose_model(model, folder, manifest)
     sam = load_sam(name, weights_dir=folder, manifest=manifest, device="cpu")
     spec = SamSpec(
         name, str(folder.absolute()), sam.checkpoint_sha256, model_description(sam), device
     )
     return spec, {"amg": dict(sam.settings)}
-
-
-def default_model(weights_dir: Path, manifest: Any) -> str:
-    """Meta's vit_b when its checkpoint is present, else the manifest's default."""
-    vit_b = manifest.entries.get("vit_b")
-    if vit_b is not None and (weights_dir / vit_b.filename).exists():
-        return "vit_b"
-    return str(manifest.default)
 
 
 def with_default_classifier(
@@ -320,11 +180,10 @@ def region_flow(
     weights_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
     classify: bool = True,
-) -> dict[str, Any]:
+) -> RunManifest:
     """Map the fields of `sources` into `out` (see the module docstring)."""
     source, settings = sam_source(model, weights_dir, device)
     region_config = load_region_config(config, overrides, model_settings=settings)
     region_config = with_default_classifier(region_config, weights_dir, enabled=classify)
-    return map_region.with_options(task_runner=task_runner(scheduler, workers))(
-        sources, out, region_config, source
-    )
+    run = plan_run(sources, out, region_config, source)
+    return map_region.with_options(task_runner=task_runner(scheduler, workers))(run)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -25,6 +26,9 @@ from lisegagr.options import (
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.storage import check_writable, storage_errors
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
+
+if TYPE_CHECKING:
+    from lisegagr_core.run import RegionPaths, RunManifest
 
 EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 
@@ -56,30 +60,29 @@ def _check_run_layout(config_path: Path | None) -> None:
         )
 
 
-def _claim_output(output: str, sources: list[str], overwrite: bool) -> None:
+def _claim_output(paths: RegionPaths, sources: Sequence[str], overwrite: bool) -> None:
     """Refuse an output that holds the map of other sources, unless `overwrite`: then clear
     it (mosaic, polygons, manifest, cached tiles and scores), so nothing of the old map stays."""
-    import fsspec
-
     from lisegagr_core.errors import InputError
-    from lisegagr_core.preview import read_manifest
     from lisegagr_core.rasters import absolute_sources
+    from lisegagr_core.run import read_manifest
 
-    fs, root = fsspec.core.url_to_fs(output)
-    if not fs.exists(f"{root.rstrip('/')}/manifest.json"):
+    if not paths.exists(paths.manifest):
         return
-    recorded = read_manifest(output).get("sources") or []
-    if absolute_sources(recorded) == absolute_sources(sources):
+    try:
+        recorded = read_manifest(paths.root, dict(paths.storage_options)).sources
+    except InputError as exc:
+        if not overwrite:
+            raise InputError(f"{exc} Or pass --overwrite to replace it.") from None
+        recorded = []
+    if recorded and absolute_sources(recorded) == absolute_sources(sources):
         return  # the same region: a re-run or a resume, cached tiles are reused
     if not overwrite:
         raise InputError(
-            f"{output} holds the map of other sources ({', '.join(recorded)}); pass "
+            f"{paths.root} holds the map of other sources ({', '.join(recorded)}); pass "
             "--overwrite to replace it, or choose another --out."
         )
-    for name in ("mosaic.zarr", "fields.parquet", "manifest.json", "tiles", "scores"):
-        path = f"{root.rstrip('/')}/{name}"
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+    paths.clear()
 
 
 def execute_run(
@@ -96,11 +99,11 @@ def execute_run(
     source_spec: Any = None,
     classify: bool = True,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> RunManifest:
     """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
 
-    Bad input (a raster, a band, a checkpoint, a setting) fails here in one sentence, before
-    any server or cluster starts. Returns the flow's summary.
+    Bad input (a raster, a band, a checkpoint, a setting, a busy output) fails here in one
+    sentence, before any server or cluster starts. Returns the run's manifest.
     """
     from flows.region import (
         listening_to_tiles,
@@ -111,8 +114,7 @@ def execute_run(
     )
     from flows.server import prefect_server
     from lisegagr_core.config import load_region_config
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, RunLock, TileStatus, plan
+    from lisegagr_core.run import RegionPaths, RunLock, TileStatus, plan_run
 
     try:
         _check_run_layout(config_path)
@@ -121,21 +123,16 @@ def execute_run(
             source_spec, settings = sam_source(model, str(weights_dir), device)
         region_config = load_region_config(config_path, overrides, model_settings=settings)
         region_config = with_default_classifier(region_config, str(weights_dir), enabled=classify)
-        rasters = open_rasters(
-            sources,
-            bands=region_config.bands,
-            upscale=region_config.upscale,
-            upscale_model=region_config.upscale_model,
-            align=region_config.core,
-        )
+        planned = plan_run(sources, output, region_config, source_spec)
         check_writable(output)
-        RunLock(RegionPaths(output)).check()  # before any server or cluster starts
+        paths = RegionPaths(output)
         with storage_errors(output):
-            _claim_output(output, sources, overwrite)
+            RunLock(paths).check()  # before any server or cluster starts
+            _claim_output(paths, planned.sources, overwrite)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
     say("model:", source_spec.describe())
-    grid = plan(rasters, region_config)
+    tiles = len(planned.grid)
     counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
     with (
         prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api,
@@ -153,7 +150,7 @@ def execute_run(
         ) as progress,
     ):
         say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
-        bar = progress.add_task("tiles", total=len(grid), counts="starting workers")
+        bar = progress.add_task("tiles", total=tiles, counts="starting workers")
 
         def on_tile(status: TileStatus) -> None:
             counts[status.status] = counts.get(status.status, 0) + 1
@@ -162,30 +159,29 @@ def execute_run(
 
         try:
             with listening_to_tiles(on_tile):
-                summary: dict[str, Any] = map_region.with_options(
+                manifest: RunManifest = map_region.with_options(
                     task_runner=task_runner(scheduler, workers)
-                )(sources, output, region_config, source_spec)
+                )(planned)
         except LisegagrError as exc:
             raise fail(str(exc)) from None
-    counts = summary["counts"]
+    counts = manifest.counts
     out.print(
-        f"{summary['fields']} fields from {len(grid)} tiles in {summary['seconds']:.1f} s "
+        f"{manifest.fields} fields from {tiles} tiles in {manifest.seconds:.1f} s "
         f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), made by "
         f"{source_spec.describe()}",
         soft_wrap=True,
     )
-    root = output.rstrip("/")
-    for name in ("mosaic.zarr", "fields.parquet", "manifest.json"):
-        out.print(f"  {root}/{name}", soft_wrap=True)
-    for key, status in summary["statuses"].items():
-        if status["status"] == "failed":
-            say("[red]failed:[/]", f"tile {key}: {status['error']}")
+    for url in (paths.mosaic, paths.fields, paths.manifest):
+        out.print(f"  {url}", soft_wrap=True)
+    for key, status in manifest.tiles.items():
+        if status.status == "failed":
+            say("[red]failed:[/]", f"tile {key}: {status.error}")
     if counts["failed"]:
         say(
             "",
             f"{counts['failed']} tile(s) failed; fix the cause and run `lisegagr resume {output}`.",
         )
-    return summary
+    return manifest
 
 
 def _prefect_home() -> Path:
@@ -193,6 +189,23 @@ def _prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
 
 
+def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
+    """minx,miny,maxx,maxy as four numbers, or one sentence naming the option."""
+    if text is None:
+        return None
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+        raise fail(f"--bbox takes minx,miny,maxx,maxy (min < max), not {text!r}.")
+    return box[0], box[1], box[2], box[3]
+
+
+BboxOption = Annotated[
+    str | None,
+    typer.Option(help="minx,miny,maxx,maxy in the rasters' CRS: map only this box."),
+]
 SchedulerOption = Annotated[
     str | None,
     typer.Option(
@@ -217,6 +230,7 @@ def run(
     upscale_model: Annotated[
         Path | None, typer.Option(help="Super-resolution weights (spandrel, e.g. Real-ESRGAN).")
     ] = None,
+    bbox: BboxOption = None,
     core: Annotated[int | None, typer.Option(help="Tile core side in pixels.")] = None,
     halo: Annotated[int | None, typer.Option(help="Tile halo in pixels.")] = None,
     tiles_per_task: Annotated[
@@ -247,6 +261,7 @@ def run(
     overrides: dict[str, Any] = {}
     for key, value in (
         ("bands", parse_bands(bands)),
+        ("bbox", _parse_bbox(bbox)),
         ("upscale", upscale),
         ("core", core),
         ("halo", halo),
@@ -257,7 +272,7 @@ def run(
     ):
         if value is not None:
             overrides[key] = value
-    summary = execute_run(
+    manifest = execute_run(
         sources,
         output,
         config,
@@ -270,7 +285,7 @@ def run(
         classify=not no_classifier,
         overwrite=overwrite,
     )
-    if summary["counts"]["failed"]:
+    if manifest.counts["failed"]:
         raise typer.Exit(code=1)
 
 
@@ -279,55 +294,47 @@ def status(output: Annotated[str, typer.Argument(help="A run's output folder.")]
     """Tiles done, cached, failed (with reasons) and pending of a run, finished or not."""
     from rich.table import Table
 
-    from lisegagr_core.preview import read_manifest
+    from lisegagr_core.run import RegionPaths, read_manifest
 
+    paths = RegionPaths(output)
     try:
         manifest = read_manifest(output)
+        with storage_errors(output):
+            stored = paths.stored_tile_keys()
     except LisegagrError as exc:
         raise fail(str(exc)) from None
-    tiles = manifest["tiles"]
-    stored = _stored_tiles(output)
     table = Table("status", "tiles")
     by_status: dict[str, int] = {}
-    for key, tile in tiles.items():
-        state = tile["status"]
+    for key, tile in manifest.tiles.items():
+        state = tile.status
         if state == "pending" and key in stored:
             state = "computed"  # finished after the manifest was last written
         by_status[state] = by_status.get(state, 0) + 1
     for state, count in sorted(by_status.items()):
         table.add_row(state, str(count))
     out.print(
-        f"{output}: {_run_state(output, manifest)}, {len(tiles)} tiles, model {manifest['model']}",
+        f"{output}: {_run_state(paths, manifest)}, {len(manifest.tiles)} tiles, "
+        f"model {manifest.model}",
         soft_wrap=True,
     )
     out.print(table)
-    for key, tile in tiles.items():
-        if tile["status"] == "failed":
-            out.print(f"  failed {key}: {tile['error']}", soft_wrap=True)
+    for key, tile in manifest.tiles.items():
+        if tile.status == "failed":
+            out.print(f"  failed {key}: {tile.error}", soft_wrap=True)
 
 
-def _run_state(output: str, manifest: dict[str, Any]) -> str:
+def _run_state(paths: RegionPaths, manifest: RunManifest) -> str:
     """The manifest's state, except that a "running" run whose process is gone (killed, or
     its machine restarted) is "interrupted, resumable"."""
-    from lisegagr_core.region import RegionPaths, RunLock
+    from lisegagr_core.run import RunLock
 
-    state = str(manifest.get("state", "unknown"))
-    if state != "running":
-        return state
-    with storage_errors(output):
-        holder = RunLock(RegionPaths(output)).holder()
+    if manifest.state != "running":
+        return manifest.state
+    with storage_errors(paths.root):
+        holder = RunLock(paths).holder()
     if holder is None or RunLock.is_gone(holder):
-        return f"interrupted, resumable (`lisegagr resume {output}`)"
+        return f"interrupted, resumable (`lisegagr resume {paths.root}`)"
     return f"running (pid {holder.get('pid')} on {holder.get('host')})"
-
-
-def _stored_tiles(output: str) -> set[str]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/tiles")
-    if not fs.exists(path):
-        return set()
-    return {name.rsplit("/", 1)[-1].split(".")[0] for name in fs.ls(path, detail=False)}
 
 
 @app.command()
@@ -341,19 +348,18 @@ def resume(
     import json
     import tempfile
 
-    from lisegagr_core.preview import read_manifest
+    from lisegagr_core.run import read_manifest
+    from lisegagr_core.source_specs import ground_truth_from_record
 
     try:
         manifest = read_manifest(output)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
-    from lisegagr_core.source_specs import ground_truth_from_record
-
-    recorded = manifest["run"]
+    recorded = manifest.mask_source
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config_file:
-        json.dump(manifest["config"], config_file)
-    summary = execute_run(
-        manifest["sources"],
+        json.dump(manifest.config, config_file)
+    resumed = execute_run(
+        manifest.sources,
         output,
         Path(config_file.name),
         {},
@@ -364,7 +370,7 @@ def resume(
         workers=workers,
         source_spec=ground_truth_from_record(recorded),
     )
-    if summary["counts"]["failed"]:
+    if resumed.counts["failed"]:
         raise typer.Exit(code=1)
 
 
@@ -384,7 +390,7 @@ def export(
     import geopandas as gpd
 
     if format == "cog":
-        from lisegagr_core.region import export_cogs
+        from lisegagr_core.run.export import export_cogs
 
         folder = destination or output
         try:
@@ -432,12 +438,7 @@ def preview(
     """The imagery with field outlines, for a region or a bounding box of it."""
     from lisegagr_core.preview import render_preview
 
-    try:
-        box = tuple(float(v) for v in bbox.split(",")) if bbox else None
-        if box is not None and len(box) != 4:
-            raise ValueError
-    except ValueError:
-        raise fail(f"--bbox takes minx,miny,maxx,maxy, not {bbox!r}.") from None
+    box = _parse_bbox(bbox)
     try:
         picture = render_preview(output, box, max_side=max_side)
     except LisegagrError as exc:
@@ -536,7 +537,7 @@ def demo(
     overrides: dict[str, Any] = {}
     if points_per_side is not None:
         overrides["engine.amg.points_per_side"] = points_per_side
-    summary = execute_run(
+    manifest = execute_run(
         [str(scene_path)],
         str(mapped),
         None,
@@ -548,15 +549,12 @@ def demo(
         workers=workers,
     )
     # Score the mosaic against the scene's known fields, on the scene's own pixels.
+    from rasterio.windows import Window, from_bounds
+
     group = open_mosaic(str(mapped / "mosaic.zarr"), mode="r")
     with rasterio.open(scene_path) as src:
-        scene_transform = src.transform
-    grid = json.loads((mapped / "manifest.json").read_text())["input"]["transform"]
-    col = round((scene_transform.c - grid[2]) / grid[0])
-    row = round((scene_transform.f - grid[5]) / grid[4])
-    from rasterio.windows import Window
-
-    labels = read_window(group, Window(col, row, size, size))
+        window = from_bounds(*src.bounds, manifest.tile_grid.transform).round_offsets()
+    labels = read_window(group, Window(window.col_off, window.row_off, size, size))
     scores = score_partition(scene.instances, np.asarray(labels))
     (output / "scores.json").write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
     import cv2
@@ -570,7 +568,7 @@ def demo(
     picture = _with_caption(
         render_preview(str(mapped), max_side=1024),
         [
-            f"{summary['model']}",
+            manifest.model,
             f"{counted}; vs {scores.true_fields} true fields: "
             f"F1 {scores.f1:.2f}, pixel IoU {scores.pixel_iou:.2f}",
         ],
@@ -585,7 +583,7 @@ def demo(
     )
     for path in (scene_path, output / "preview.png", output / "scores.json"):
         out.print(f"  {path}")
-    if "random weights" in summary.get("model", ""):
+    if "random weights" in manifest.model:
         out.print(
             "The model has random weights: it exercises every step but finds no real fields. "
             "Fetch Meta's weights (`lisegagr weights fetch vit_b`) or pass --model PATH.",

@@ -247,6 +247,8 @@ class RegionConfig(_Settings):
     """The method per tile. Tiles are already SAM-sized: `working_size` must stay None."""
     bands: tuple[int, ...] | None = None
     """1-based bands read as RGB (one band is read as grey); None: bands 1–3."""
+    bbox: tuple[float, float, float, float] | None = None
+    """Map only this box of the sources: minx, miny, maxx, maxy in their CRS (None: all)."""
     upscale: int = Field(1, ge=1, le=16)
     """Super-resolution factor at ingestion (the output grid's pixels are this much smaller)."""
     upscale_model: str | None = None
@@ -264,6 +266,15 @@ class RegionConfig(_Settings):
     """Instances of two tiles whose IoU inside the shared strip reaches this are one field."""
     merge_min_share: float = Field(0.8, gt=0.0, le=1.0)
     """... or whose shared pixels cover this share of the smaller of the two, in the strip."""
+
+    @field_validator("bbox")
+    @classmethod
+    def _box_has_an_area(
+        cls, value: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if value is not None and not (value[0] < value[2] and value[1] < value[3]):
+            raise ValueError("bbox is minx, miny, maxx, maxy with minx < maxx and miny < maxy")
+        return value
 
     @field_validator("engine", mode="before")
     @classmethod

@@ -2,8 +2,9 @@
 
 ``mosaic.zarr`` (Zarr v3, consolidated metadata) holds `labels` (uint32, 0 = background or
 no data) and `classes` (uint8: 0 none, 1 field, 2 non-field, 3 unclassified, 255 nodata: no
-imagery, or a tile that failed), chunked by the tile core so each tile writes exactly its own
-chunks: parallel writes with no locks and no read-modify-write. The nodata value of `classes`
+imagery, or a tile that failed) over exactly the sources' extent, in chunks of the tile core
+from its top-left pixel; each chunk is written whole by one writer (`run.stages.write_chunk_row`):
+parallel writes with no locks and no read-modify-write. The nodata value of `classes`
 is its Zarr ``fill_value`` and its ``_FillValue`` attribute (CF), so xarray reads nodata as NaN
 and GDAL as nodata. CRS and transform are a rioxarray `spatial_ref` coordinate, so
 
@@ -22,7 +23,6 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import dask.array as da
 import fsspec
 import geopandas as gpd
 import numpy as np
@@ -38,7 +38,7 @@ from rasterio.features import shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
-from lisegagr_core.grid import TileGrid, TileSpec
+from lisegagr_core.grid import TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,14 @@ def _store(url: str, storage_options: Mapping[str, Any] | None) -> Any:
 
 
 def create_mosaic(
-    url: str,
-    *,
-    height: int,
-    width: int,
-    core: int,
-    crs: CRS | None,
-    transform: Affine,
-    storage_options: Mapping[str, Any] | None = None,
+    url: str, grid: TileGrid, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    """Create the empty Zarr mosaic (metadata and coordinates only; chunks stay unwritten)."""
+    """Create the empty Zarr mosaic of `grid` (metadata and coordinates only; chunks stay
+    unwritten), chunked by the tile core."""
+    import dask.array as da
+
+    height, width, core = grid.height, grid.width, grid.core
+    crs, transform = grid.crs, grid.transform
     xs = transform.c + transform.a * (np.arange(width) + 0.5)
     ys = transform.f + transform.e * (np.arange(height) + 0.5)
     chunks = (core, core)
@@ -119,11 +117,11 @@ def _array(group: zarr.Group, name: str) -> zarr.Array:
     return array
 
 
-def write_core(
-    group: zarr.Group, spec: TileSpec, labels: NDArray[np.uint32], classes: NDArray[np.uint8]
+def write_window(
+    group: zarr.Group, window: Window, labels: NDArray[np.uint32], classes: NDArray[np.uint8]
 ) -> None:
-    """Write one tile's core (its own chunk) of `labels` and `classes` (both core-shaped)."""
-    rows, cols = spec.core.toslices()
+    """Write `labels` and `classes` (both window-shaped) at `window` of the mosaic."""
+    rows, cols = window.toslices()
     _array(group, "labels")[rows, cols] = labels
     _array(group, "classes")[rows, cols] = classes
 
@@ -153,16 +151,13 @@ def dissolve_pieces(pieces: Iterable[tuple[int, shapely.Polygon]]) -> dict[int, 
     return dissolved
 
 
-def vectorise_mosaic(
-    group: zarr.Group, grid: TileGrid, transform: Affine
-) -> dict[int, shapely.Geometry]:
-    """Polygons of every instance of the mosaic, read core by core (bounded memory)."""
+def vectorise_mosaic(group: zarr.Group, grid: TileGrid) -> dict[int, shapely.Geometry]:
+    """Polygons of every instance of the mosaic, read chunk by chunk (bounded memory)."""
     pieces: list[tuple[int, shapely.Polygon]] = []
-    for spec in grid:
-        labels = read_window(group, spec.core)
+    for chunk in grid.chunks():
+        labels = read_window(group, chunk)
         if labels.any():
-            core_transform = transform @ Affine.translation(spec.core.col_off, spec.core.row_off)
-            pieces.extend(core_polygons(labels, core_transform))
+            pieces.extend(core_polygons(labels, grid.window_transform(chunk)))
     return dissolve_pieces(pieces)
 
 

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import cv2
-import fsspec
 import numpy as np
 from numpy.typing import NDArray
 from rasterio import windows
 from rasterio.windows import Window, from_bounds
 
+from lisegagr_core.config import RegionConfig
 from lisegagr_core.errors import InputError
 from lisegagr_core.export import render_overlay
 from lisegagr_core.mosaic import open_mosaic, read_window
-from lisegagr_core.rasters import open_rasters
-from lisegagr_core.storage import storage_errors
-
-
-def read_manifest(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    url = f"{output.rstrip('/')}/manifest.json"
-    with storage_errors(url):
-        try:
-            with fsspec.open(url, "r", **(storage_options or {})) as stream:
-                return dict(json.load(stream))
-        except FileNotFoundError:
-            raise InputError(
-                f"{url}: no such file; is {output} the output of `lisegagr run`?"
-            ) from None
+from lisegagr_core.run.manifest import read_manifest
+from lisegagr_core.run.pipeline import open_region
+from lisegagr_core.run.store import RegionPaths
 
 
 def render_preview(
@@ -45,23 +33,21 @@ def render_preview(
     mosaic previews in bounded memory.
     """
     manifest = read_manifest(output, storage_options)
-    source = manifest["input"]
-    rasters = open_rasters(
-        source["rasters"],
-        bands=source["bands"],
-        upscale=source["upscale"],
-        align=source.get("align"),
-        storage_options=storage_options,
+    rasters = open_region(
+        manifest.sources,
+        RegionConfig(**{**manifest.config, "upscale_model": None}),  # Lanczos is enough here
+        storage_options,
     )
-    height, width = rasters.height, rasters.width
-    window = rasters.data_window
+    grid = manifest.tile_grid
+    height, width = grid.height, grid.width
+    window = Window(0, 0, width, height)
     if bbox is not None:
-        window = from_bounds(*bbox, transform=rasters.transform).round_offsets().round_lengths()
+        window = from_bounds(*bbox, transform=grid.transform).round_offsets().round_lengths()
         if not windows.intersect(window, Window(0, 0, width, height)):
             raise InputError(f"the box {bbox} lies outside the region of {output}.")
         window = window.intersection(Window(0, 0, width, height))
     step = max(1, math.ceil(max(window.height, window.width) / max_side))
-    group = open_mosaic(f"{output.rstrip('/')}/mosaic.zarr", storage_options, mode="r")
+    group = open_mosaic(RegionPaths(output, storage_options or {}).mosaic, storage_options, "r")
     row0, col0 = int(window.row_off), int(window.col_off)
     out_h, out_w = -(-int(window.height) // step), -(-int(window.width) // step)
     rgb = np.zeros((out_h, out_w, 3), np.uint8)

@@ -72,6 +72,18 @@ class SourceRaster:
 
 
 @dataclass(frozen=True, eq=False)
+class SourcePixels:
+    """Source pixels read for an output-grid `window`: `source` is the source-grid window
+    that covers it, `rgb` (h, w, 3) uint8 stretched and `valid` (h, w) bool at that
+    resolution."""
+
+    window: Window
+    source: Window
+    rgb: NDArray[np.uint8]
+    valid: NDArray[np.bool_]
+
+
+@dataclass(frozen=True, eq=False)
 class RasterSet:
     """The region: rasters on one source grid, read as an 8-bit RGB output grid.
 
@@ -87,9 +99,6 @@ class RasterSet:
     upscale: int = 1
     upscale_model: str | None = None
     """Super-resolution weights (spandrel) used instead of Lanczos; its scale is `upscale`."""
-    align: int | None = None
-    origin_tile: tuple[int, int] = (0, 0)
-    """(row, col) of the grid origin in tiles of `align` pixels (see `open_rasters`)."""
 
     @property
     def height(self) -> int:
@@ -104,15 +113,32 @@ class RasterSet:
         """Output-grid pixel → map coordinates."""
         return self.source_transform @ Affine.scale(1 / self.upscale)
 
-    @property
-    def data_window(self) -> Window:
-        """The output-grid window that the rasters cover (the grid may extend beyond it)."""
-        up = self.upscale
-        row0 = min(r.offset[0] for r in self.rasters)
-        col0 = min(r.offset[1] for r in self.rasters)
-        row1 = max(r.offset[0] + r.height for r in self.rasters)
-        col1 = max(r.offset[1] + r.width for r in self.rasters)
-        return Window(col0 * up, row0 * up, (col1 - col0) * up, (row1 - row0) * up)
+    def crop(self, bounds: tuple[float, float, float, float]) -> RasterSet:
+        """The region inside `bounds` (minx, miny, maxx, maxy in the rasters' CRS), grown to
+        whole source pixels. Raises `InputError` when the box misses the rasters."""
+        extent = Window(0, 0, self.source_width, self.source_height)
+        box = windows.from_bounds(*bounds, transform=self.source_transform)
+        box = box.round_offsets(op="floor").round_lengths(op="ceil")
+        if not windows.intersect(box, extent):
+            raise InputError(
+                f"the box {tuple(bounds)} lies outside the rasters "
+                f"({', '.join(r.url for r in self.rasters)})."
+            )
+        box = box.intersection(extent)
+        row0, col0 = int(box.row_off), int(box.col_off)
+        return RasterSet(
+            rasters=tuple(
+                SourceRaster(**{**r.__dict__, "offset": (r.offset[0] - row0, r.offset[1] - col0)})
+                for r in self.rasters
+            ),
+            bands=self.bands,
+            crs=self.crs,
+            source_transform=windows.transform(box, self.source_transform),
+            source_height=int(box.height),
+            source_width=int(box.width),
+            upscale=self.upscale,
+            upscale_model=self.upscale_model,
+        )
 
     def describe(self) -> dict[str, Any]:
         """What a run records of its input."""
@@ -122,10 +148,8 @@ class RasterSet:
             "crs": self.crs.to_wkt() if self.crs else None,
             "transform": list(self.transform)[:6],
             "shape": [self.height, self.width],
-            "data_window": [int(v) for v in self.data_window.flatten()],
             "upscale": self.upscale,
             "upscale_model": self.upscale_model,
-            "align": self.align,
         }
 
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
@@ -133,17 +157,29 @@ class RasterSet:
 
         Pixels outside every raster, nodata and masked pixels are not valid (and black).
         """
+        return self.upscaled(self.read_source(window))
+
+    def read_source(self, window: Window) -> SourcePixels:
+        """The source pixels under an output-grid `window` (before any super-resolution)."""
         up = self.upscale
         col0, row0 = int(window.col_off), int(window.row_off)
         col1, row1 = col0 + int(window.width), row0 + int(window.height)
         source = Window.from_slices((row0 // up, -(-row1 // up)), (col0 // up, -(-col1 // up)))
         rgb, valid = self._read_source(source)
+        return SourcePixels(window, source, rgb, valid)
+
+    def upscaled(self, pixels: SourcePixels) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+        """`pixels` on the output grid: super-resolved (`upscale_model`, else Lanczos) and cut
+        to their output window."""
+        up, window, source = self.upscale, pixels.window, pixels.source
+        rgb, valid = pixels.rgb.copy(), pixels.valid
         if up > 1:
             from lisegagr_core.superres import upscaler_for
 
             rgb = upscaler_for(self.upscale_model, up)(rgb)
             valid = np.repeat(np.repeat(valid, up, axis=0), up, axis=1)
-            r, c = row0 - int(source.row_off) * up, col0 - int(source.col_off) * up
+            r = int(window.row_off) - int(source.row_off) * up
+            c = int(window.col_off) - int(source.col_off) * up
             rgb = rgb[r : r + int(window.height), c : c + int(window.width)]
             valid = valid[r : r + int(window.height), c : c + int(window.width)]
         rgb[~valid] = 0
@@ -385,14 +421,12 @@ def open_rasters(
     upscale: int = 1,
     upscale_model: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
-    align: int | None = None,
 ) -> RasterSet:
     """Inspect every source (metadata and a decimated read, no full read) into a `RasterSet`.
 
     Raises `InputError` for a missing object, access denied, an unreadable raster, a band out
-    of range, or rasters of different CRS or pixel grids. With `align` (output pixels, the
-    tile core), the grid's origin is snapped to a multiple of `align` pixels in map space, so
-    tiles keep their place (and key) when more imagery joins the region.
+    of range, or rasters of different CRS or pixel grids. The output grid's pixel (0, 0) is
+    the top-left pixel of the rasters' union (`grid.TileGrid.anchored` places the tiles).
     """
     if upscale_model is not None:
         from lisegagr_core.superres import load_upscaler
@@ -430,14 +464,6 @@ def open_rasters(
         if first.transform.e < 0
         else min(r.transform.f for r in rasters)
     )
-    origin_tile = (0, 0)
-    if align and first.crs is not None and align % upscale == 0:
-        step = align // upscale
-        col_tile = math.floor(origin_x / (first.transform.a * step) + 1e-9)
-        row_tile = math.floor(origin_y / (first.transform.e * step) + 1e-9)
-        origin_x = col_tile * first.transform.a * step
-        origin_y = row_tile * first.transform.e * step
-        origin_tile = (row_tile, col_tile)
     base = Affine(
         first.transform.a,
         first.transform.b,
@@ -464,6 +490,4 @@ def open_rasters(
         source_width=width,
         upscale=upscale,
         upscale_model=upscale_model,
-        align=align,
-        origin_tile=origin_tile,
     )

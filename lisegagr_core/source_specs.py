@@ -13,6 +13,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio import windows
+from rasterio.enums import Resampling
 
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.grid import TileSpec
@@ -39,6 +40,15 @@ class SamSpec:
     def describe(self) -> str:
         return self.description
 
+    def record(self) -> dict[str, str | None]:
+        """What a run's manifest records of it, for `resume` (which loads the model again)."""
+        return {
+            "kind": "sam",
+            "name": self.name,
+            "weights_dir": self.weights_dir,
+            "device": self.device,
+        }
+
     def build(self, tile: TileSpec, amg: AmgSettings, grid_transform: Affine) -> MaskSource:
         from lisegagr_core.models import load_sam
 
@@ -63,32 +73,35 @@ class GroundTruthSpec:
     def describe(self) -> str:
         return f"ground truth from {self.truth_path} (not a model)"
 
+    def record(self) -> dict[str, str | None]:
+        return {"kind": "ground-truth", "truth_path": self.truth_path}
+
     def build(self, tile: TileSpec, amg: AmgSettings, grid_transform: Affine) -> MaskSource:
-        """The truth under the tile's read window, found by map coordinates."""
+        """The truth under the tile's read window, found by map coordinates (nearest
+        neighbour onto the grid when the truth has another resolution)."""
         truth = np.zeros((tile.size, tile.size), np.int64)
         with rasterio.open(self.truth_path) as src:
             window = windows.from_bounds(*windows.bounds(tile.read, grid_transform), src.transform)
-            window = window.round_offsets().round_lengths()
-            ids = src.read(1, window=window, boundless=True, fill_value=0)
+            ids = src.read(
+                1,
+                window=window,
+                out_shape=(int(tile.read.height), int(tile.read.width)),
+                boundless=True,
+                fill_value=0,
+                resampling=Resampling.nearest,
+            )
         truth[tile.tile_slices(tile.read)] = ids
         return GroundTruthMaskSource(truth)
 
 
-#: A mask source by value: each has `model_id`, `shared_across_tiles`, `describe()` and
-#: `build(tile, amg, transform)`.
+#: A mask source by value: each has `model_id`, `shared_across_tiles`, `describe()`,
+#: `record()` and `build(tile, amg, transform)`.
 SourceSpec = SamSpec | GroundTruthSpec
 
 
 def spec_record(spec: SourceSpec) -> dict[str, str | None]:
     """What a run's manifest records of its mask source, for `resume`."""
-    if isinstance(spec, SamSpec):
-        return {
-            "kind": "sam",
-            "name": spec.name,
-            "weights_dir": spec.weights_dir,
-            "device": spec.device,
-        }
-    return {"kind": "ground-truth", "truth_path": spec.truth_path}
+    return spec.record()
 
 
 def ground_truth_from_record(record: dict[str, str | None]) -> GroundTruthSpec | None:

@@ -1,27 +1,26 @@
-"""One tile through the method: read it, hash it, segment it, keep the result.
+"""One tile through the method: read it once, hash it, segment it.
 
-    tile = read_tile(rasters, grid.tile(3, 5))
-    key = tile_hash(tile, segmentation_settings)
-    [result] = segment_tiles([tile], source, config, [key])
-    save_tile_result(path, result)
+    pixels = read_tile(rasters, grid.tile(3, 5))      # the source pixels, read once
+    key = tile_hash(pixels, segmentation_settings)     # before any super-resolution
+    [result] = segment_tiles([pixels.image()], source, config, [key])
 
-A tile hash covers the tile's pixels as read (bytes, dtype, shape, window, valid mask) and
-the canonical JSON of every setting that changes the stage's output, plus the algorithm
-version: equal hashes mean equal results, so a finished tile is never computed again.
+A tile hash covers the tile's source pixels as read (bytes, shape, valid mask), its place on
+the anchored tile frame and the canonical JSON of every setting that changes the stage's
+output (model, engine, super-resolution), plus the algorithm version: equal hashes mean equal
+results, so a finished tile is never computed, nor even super-resolved, again. Tile results
+are stored by `lisegagr_core.run.store`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -29,7 +28,7 @@ from lisegagr_core.config import ALGORITHM_VERSION, EngineConfig
 from lisegagr_core.engine import Instance, Segmentation, segment_images
 from lisegagr_core.grid import TileSpec
 from lisegagr_core.masks import resplit_labels
-from lisegagr_core.rasters import RasterSet
+from lisegagr_core.rasters import RasterSet, SourcePixels
 from lisegagr_core.sources import MaskSource
 from lisegagr_core.whitening import WHITE
 
@@ -47,44 +46,70 @@ class TileImage:
         return not bool(self.valid.any())
 
 
-def read_tile(rasters: RasterSet, spec: TileSpec) -> TileImage:
-    """Read `spec.read` and pad it to the tile size (padding black and not valid)."""
-    rgb = np.zeros((spec.size, spec.size, 3), np.uint8)
-    valid = np.zeros((spec.size, spec.size), bool)
-    pixels, pixels_valid = rasters.read(spec.read)
-    where = spec.tile_slices(spec.read)
-    rgb[where] = pixels
-    valid[where] = pixels_valid
-    return TileImage(spec, rgb, valid)
+@dataclass(frozen=True, eq=False)
+class TilePixels:
+    """A tile as read from its sources, before any super-resolution: what its hash covers.
+
+    `image()` makes the tile image (super-resolved when the run upscales) on first use, so a
+    tile whose result is already stored is read but never upscaled.
+    """
+
+    spec: TileSpec
+    source: SourcePixels
+    rasters: RasterSet
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.source.valid.any())
+
+    @functools.cached_property
+    def _image(self) -> TileImage:
+        spec = self.spec
+        rgb = np.zeros((spec.size, spec.size, 3), np.uint8)
+        valid = np.zeros((spec.size, spec.size), bool)
+        pixels, pixels_valid = self.rasters.upscaled(self.source)
+        where = spec.tile_slices(spec.read)
+        rgb[where] = pixels
+        valid[where] = pixels_valid
+        return TileImage(spec, rgb, valid)
+
+    def image(self) -> TileImage:
+        """The tile array: `spec.read` padded to the tile size (padding black, not valid)."""
+        return self._image
 
 
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+def read_tile(rasters: RasterSet, spec: TileSpec) -> TilePixels:
+    """Read the source pixels under `spec.read` (one read of the sources)."""
+    return TilePixels(spec, rasters.read_source(spec.read), rasters)
 
 
-def tile_hash(tile: TileImage, settings: dict[str, Any]) -> str:
-    """sha256 of the tile's pixels, its place and `settings` (with the algorithm version).
+def tile_hash(pixels: TilePixels, settings: dict[str, Any]) -> str:
+    """sha256 of the tile's source pixels, its place and `settings` (with the algorithm
+    version).
 
-    The place is the tile's key on the anchored grid and its read size and padding, not
+    The place is the tile's key on the anchored grid, its read size and its padding, not
     window offsets, which move when a region grows.
     """
     digest = hashlib.sha256()
-    window = tile.spec.read
+    spec, source = pixels.spec, pixels.source
     digest.update(
-        canonical_json(
+        json.dumps(
             {
                 "algorithm": ALGORITHM_VERSION,
-                "tile": tile.spec.key,
-                "read": [window.width, window.height],
-                "pad": [tile.spec.pad_top, tile.spec.pad_left, tile.spec.size],
-                "dtype": str(tile.rgb.dtype),
-                "shape": list(tile.rgb.shape),
+                "tile": spec.key,
+                "read": [spec.read.width, spec.read.height],
+                "pad": [spec.pad_top, spec.pad_left, spec.size],
+                "dtype": str(source.rgb.dtype),
+                "shape": list(source.rgb.shape),
                 "settings": settings,
-            }
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
         ).encode()
     )
-    digest.update(np.ascontiguousarray(tile.rgb).tobytes())
-    digest.update(np.packbits(tile.valid).tobytes())
+    digest.update(np.ascontiguousarray(source.rgb).tobytes())
+    digest.update(np.packbits(source.valid).tobytes())
     return digest.hexdigest()
 
 
@@ -155,48 +180,6 @@ def _tile_result(
         valid=tile.valid,
         instances=instances,
         seconds=seconds,
-    )
-
-
-def save_tile_result(
-    url: str, result: TileResult, storage_options: dict[str, Any] | None = None
-) -> None:
-    """Write a tile result as one compressed .npz (labels + JSON records), atomically locally."""
-    buffer = io.BytesIO()
-    records = json.dumps(
-        {
-            "key": result.key,
-            "tile_hash": result.tile_hash,
-            "seconds": result.seconds,
-            "instances": [asdict(i) for i in result.instances],
-        }
-    )
-    np.savez_compressed(
-        buffer,
-        labels=result.labels,
-        valid=np.packbits(result.valid),
-        records=np.frombuffer(records.encode(), np.uint8),
-    )
-    if "://" not in url:
-        path = Path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
-        partial.write_bytes(buffer.getvalue())
-        partial.replace(path)
-        return
-    with fsspec.open(url, "wb", **(storage_options or {})) as stream:
-        stream.write(buffer.getvalue())
-
-
-def load_tile_result(url: str, storage_options: dict[str, Any] | None = None) -> TileResult:
-    with fsspec.open(url, "rb", **(storage_options or {})) as stream:
-        data = np.load(io.BytesIO(stream.read()))
-    records = json.loads(data["records"].tobytes().decode())
-    instances = [Instance(**{**i, "bbox": tuple(i["bbox"])}) for i in records["instances"]]
-    labels = data["labels"]
-    valid = np.unpackbits(data["valid"], count=labels.size).astype(bool).reshape(labels.shape)
-    return TileResult(
-        records["key"], records["tile_hash"], labels, valid, instances, records["seconds"]
     )
 
 

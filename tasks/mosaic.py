@@ -1,27 +1,22 @@
-"""Region-wide tasks: merge tiles into global ids, write chunks, vectorise, record the run."""
+"""Region-wide tasks: merge tiles into global ids, write the mosaic's chunks, vectorise.
+
+Each wraps a stage of `lisegagr_core.run.stages` with retries on transient storage errors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-import pandas as pd
-from numpy.typing import NDArray
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from lisegagr_core.config import RegionConfig
-from lisegagr_core.grid import TileGrid, TileSpec
-from lisegagr_core.merge import GlobalIds
-from lisegagr_core.mosaic import open_mosaic, vectorise_mosaic, write_fields
-from lisegagr_core.rasters import RasterSet
-from lisegagr_core.region import (
-    RegionPaths,
-    TileResults,
-    TileStatus,
+from lisegagr_core.run.stages import (
     create_region_mosaic,
     instance_attributes,
-    merge,
-    write_tile,
+    merge_tiles,
+    vectorise,
+    write_chunk_row,
 )
 from tasks.retries import retry_if_transient
 
@@ -30,86 +25,22 @@ RETRIES, JITTER = 3, 0.5
 BACKOFF: list[float] = [1.0, 4.0, 16.0]
 
 
-@task(
-    name="merge-tiles",
-    retries=RETRIES,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=JITTER,
-    retry_condition_fn=retry_if_transient,
+def _storage_task(stage: Callable[..., Any], name: str, **options: Any) -> Any:
+    return task(
+        name=name,
+        cache_policy=NO_CACHE,
+        retries=RETRIES,
+        retry_delay_seconds=BACKOFF,
+        retry_jitter_factor=JITTER,
+        retry_condition_fn=retry_if_transient,
+        **options,
+    )(stage)
+
+
+merge_tiles_task = _storage_task(merge_tiles, "merge-tiles")
+attributes_task = _storage_task(instance_attributes, "attributes")
+create_mosaic_task = _storage_task(create_region_mosaic, "create-mosaic")
+write_chunk_row_task = _storage_task(
+    write_chunk_row, "write-chunks", task_run_name="write chunk row {chunk_row}"
 )
-def merge_tiles(
-    grid: TileGrid, statuses: Mapping[str, TileStatus], config: RegionConfig, paths: RegionPaths
-) -> GlobalIds:
-    return merge(grid, TileResults(paths, statuses, keep=2 * grid.cols + 4), config)
-
-
-@task(
-    name="create-mosaic",
-    retries=RETRIES,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=JITTER,
-    retry_condition_fn=retry_if_transient,
-)
-def create_mosaic_task(rasters: RasterSet, grid: TileGrid, paths: RegionPaths) -> None:
-    create_region_mosaic(rasters, grid, paths)
-
-
-@task(
-    name="write-tile",
-    task_run_name="write {spec.key}",
-    retries=RETRIES,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=JITTER,
-    retry_condition_fn=retry_if_transient,
-)
-def write_tile_core(
-    spec: TileSpec,
-    status: TileStatus,
-    id_map: NDArray[np.uint32] | None,
-    classes_by_id: NDArray[np.uint8],
-    paths: RegionPaths,
-) -> None:
-    """Write one tile's core (its own Zarr chunk) with global ids."""
-    results = TileResults(paths, {spec.key: status}, keep=1)
-    result = results.get(spec.key)
-    ids = GlobalIds({spec.key: id_map if id_map is not None else np.zeros(1, np.uint32)}, 0)
-    write_tile(open_mosaic(paths.mosaic, paths.storage_options), spec, result, ids, classes_by_id)
-
-
-@task(
-    name="attributes",
-    retries=RETRIES,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=JITTER,
-    retry_condition_fn=retry_if_transient,
-)
-def attributes_task(
-    grid: TileGrid,
-    statuses: Mapping[str, TileStatus],
-    ids: GlobalIds,
-    paths: RegionPaths,
-    model: str,
-    field_scores: Mapping[str, Mapping[int, float]],
-) -> pd.DataFrame:
-    """Per-field attributes (scores area-weighted across tiles) and the class of each field."""
-    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
-    attributes = instance_attributes(grid, results, ids, field_scores)
-    attributes["model"] = model
-    return attributes
-
-
-@task(
-    name="vectorise",
-    retries=RETRIES,
-    retry_delay_seconds=BACKOFF,
-    retry_jitter_factor=JITTER,
-    retry_condition_fn=retry_if_transient,
-)
-def vectorise(
-    rasters: RasterSet, grid: TileGrid, attributes: pd.DataFrame, paths: RegionPaths
-) -> int:
-    """fields.parquet from the written mosaic; returns the number of fields."""
-    group = open_mosaic(paths.mosaic, paths.storage_options)
-    geometries = vectorise_mosaic(group, grid, rasters.transform)
-    frame = write_fields(paths.fields, geometries, attributes, rasters.crs, paths.storage_options)
-    return len(frame)
+vectorise_task = _storage_task(vectorise, "vectorise")

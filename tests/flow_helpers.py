@@ -8,6 +8,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from lisegagr_core.rasters import open_rasters
+from lisegagr_core.source_specs import GroundTruthSpec
 from lisegagr_core.synthetic import make_farmland_scene
 
 # On a multiple of 256 m, so 256-px tiles on the anchored grid are exactly the file's blocks.
@@ -48,3 +50,44 @@ def corrupt_block(path: Path, row: int, col: int) -> bytes:
     damaged[offset : offset + size] = bytes((i * 37) % 251 for i in range(size))
     path.write_bytes(bytes(damaged))
     return original
+
+
+def truth_spec(path: Path | list[Path], truth: np.ndarray) -> GroundTruthSpec:
+    """A ground-truth mask source of `truth` (field ids on the grid of the raster, or rasters,
+    at `path`): written as a GeoTIFF beside the first, with the rasters' union transform."""
+    paths = path if isinstance(path, list) else [path]
+    rasters = open_rasters([str(p) for p in paths])
+    truth_path = paths[0].with_suffix(".truth.tif")
+    with rasterio.open(
+        truth_path,
+        "w",
+        driver="GTiff",
+        width=truth.shape[1],
+        height=truth.shape[0],
+        count=1,
+        dtype="int32",
+        crs=rasters.crs,
+        transform=rasters.transform,
+    ) as dst:
+        dst.write(truth.astype(np.int32)[None])
+    return GroundTruthSpec(str(truth_path))
+
+
+def stub_manifest(
+    out: Path, sources: list[str], state: str = "complete", tiles: dict[str, str] | None = None
+) -> None:
+    """A run's manifest in `out` as a run of the tiny SAM over `sources` leaves it, with
+    `tiles` (key → status) and no outputs beside it (what a killed or foreign run leaves)."""
+    from lisegagr_core.grid import TileGrid
+    from lisegagr_core.run import RegionPaths, RunManifest, TileStatus
+
+    RunManifest(
+        sources=sources,
+        mask_source={"kind": "sam", "name": "tiny", "weights_dir": None, "device": None},
+        model="tiny",
+        config={},
+        input={},
+        grid=TileGrid(256, 256, core=256, halo=0).describe(),
+        tiles={key: TileStatus(key, status) for key, status in (tiles or {}).items()},
+        state=state,
+    ).write(RegionPaths(str(out)))

@@ -224,9 +224,9 @@ def test_eval_of_a_region_run_against_map_polygons(shared_data: Path, tmp_path: 
     """A `run` output (mosaic.zarr + fields.parquet) scored against GeoJSON in map units."""
     import rasterio
 
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, run_region
-    from lisegagr_core.tiles import tile_truth
+    from lisegagr_core.run import run_region
+
+    from .flow_helpers import truth_spec
 
     name = naip_names(shared_data)[3]
     rgb, truth = naip_scene(shared_data, name)
@@ -246,14 +246,7 @@ def test_eval_of_a_region_run_against_map_polygons(shared_data: Path, tmp_path: 
     config = RegionConfig(
         core=512, halo=32, engine={"refine": {"enabled": False}, "rounds": {"max_rounds": 2}}
     )
-    run_region(
-        open_rasters([str(raster)]),
-        lambda spec: GroundTruthMaskSource(tile_truth(truth, spec)),
-        config,
-        RegionPaths(str(tmp_path / "run")),
-        model_id="ground-truth",
-        model="ground truth",
-    )
+    run_region([str(raster)], str(tmp_path / "run"), config, truth_spec(raster, truth))
     features = [
         {
             "type": "Feature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,7 +18,8 @@ import pytest
 
 from flows.region import map_region, task_runner
 from lisegagr_core.config import RegionConfig
-from lisegagr_core.source_specs import GroundTruthSpec
+from lisegagr_core.run import RunManifest, plan_run
+from lisegagr_core.source_specs import GroundTruthSpec, SourceSpec
 
 from .flow_helpers import corrupt_block, write_scene
 from .test_s3 import _bucket, aws_env, s3_endpoint  # noqa: F401  (fixtures)
@@ -25,6 +27,20 @@ from .test_s3 import _bucket, aws_env, s3_endpoint  # noqa: F401  (fixtures)
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 TILES_256 = RegionConfig(core=256, halo=0)  # one tile = one block of the test files
+
+
+def _map(
+    runner: object,
+    sources: list[str],
+    out: str,
+    config: RegionConfig,
+    spec: SourceSpec,
+    **options: object,
+) -> RunManifest:
+    """Plan a run and map it with the flow on `runner`."""
+    run = plan_run(sources, out, config, spec, **options)  # type: ignore[arg-type]
+    manifest: RunManifest = map_region.with_options(task_runner=runner)(run)
+    return manifest
 
 
 def _free_port() -> int:
@@ -115,26 +131,30 @@ def test_gpu_tasks_run_only_on_the_gpu_worker_of_an_existing_cluster(
 ) -> None:
     address, _ = cluster
     imagery, truth = write_scene(tmp_path, size=768)
-    summary = map_region.with_options(task_runner=task_runner(scheduler=address))(
-        [str(imagery)], str(tmp_path / "out"), TILES_256, GroundTruthSpec(str(truth))
+    summary = _map(
+        task_runner(scheduler=address),
+        [str(imagery)],
+        str(tmp_path / "out"),
+        TILES_256,
+        GroundTruthSpec(str(truth)),
     )
-    assert summary["state"] == "complete" and summary["counts"]["computed"] == 9
+    assert summary.state == "complete" and summary.counts["computed"] == 9
     gpu_worker = _gpu_worker_address(address)
-    workers = {status["worker"] for status in summary["statuses"].values()}
+    workers = {status.worker for status in summary.tiles.values()}
     assert workers == {gpu_worker}
 
 
 def test_a_corrupt_tile_fails_alone_and_resume_computes_just_that_tile(tmp_path: Path) -> None:
     imagery, truth = write_scene(tmp_path, size=768)
     original = corrupt_block(imagery, row=1, col=2)
-    run = map_region.with_options(task_runner=task_runner(workers=1))
+    run = functools.partial(_map, task_runner(workers=1))
     spec = GroundTruthSpec(str(truth))
 
     first = run([str(imagery)], str(tmp_path / "out"), TILES_256, spec)
-    failed = [k for k, s in first["statuses"].items() if s["status"] == "failed"]
-    errors = [first["statuses"][k]["error"] for k in failed]
-    assert len(failed) == 1 and first["counts"]["computed"] == 8, errors
-    assert "could not be read" in first["statuses"][failed[0]]["error"]
+    failed = [k for k, s in first.tiles.items() if s.status == "failed"]
+    errors = [first.tiles[k].error for k in failed]
+    assert len(failed) == 1 and first.counts["computed"] == 8, errors
+    assert "could not be read" in (first.tiles[failed[0]].error or "")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["state"] == "failed tiles"
 
@@ -157,11 +177,12 @@ RUNNER = """
 import sys
 from flows.region import map_region, task_runner
 from lisegagr_core.config import RegionConfig
+from lisegagr_core.run import plan_run
 from lisegagr_core.source_specs import GroundTruthSpec
 if __name__ == "__main__":
     imagery, truth, out = sys.argv[1:4]
-    map_region.with_options(task_runner=task_runner(workers=1))(
-        [imagery], out, RegionConfig(core=256, halo=0), GroundTruthSpec(truth))
+    run = plan_run([imagery], out, RegionConfig(core=256, halo=0), GroundTruthSpec(truth))
+    map_region.with_options(task_runner=task_runner(workers=1))(run)
 """
 
 
@@ -187,25 +208,29 @@ def test_a_killed_run_resumes_computing_only_unfinished_tiles(tmp_path: Path) ->
     assert 3 <= finished < 36
     assert (out / ".lock").exists()  # left behind by the killed run; taken over below
 
-    resumed = map_region.with_options(task_runner=task_runner(workers=1))(
-        [str(imagery)], str(out), TILES_256, GroundTruthSpec(str(truth))
+    resumed = _map(
+        task_runner(workers=1), [str(imagery)], str(out), TILES_256, GroundTruthSpec(str(truth))
     )
-    assert resumed["counts"]["cached"] == finished
-    assert resumed["counts"]["computed"] == 36 - finished
+    assert resumed.counts["cached"] == finished
+    assert resumed.counts["computed"] == 36 - finished
     assert not (out / ".lock").exists()
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
     from lisegagr_core.errors import InputError
-    from lisegagr_core.region import RegionPaths, RunLock
+    from lisegagr_core.run import RegionPaths, RunLock
 
     imagery, truth = write_scene(tmp_path, size=256)
     with (
         RunLock(RegionPaths(str(tmp_path / "out"))),
         pytest.raises(InputError, match="another run"),
     ):
-        map_region.with_options(task_runner=task_runner(workers=1))(
-            [str(imagery)], str(tmp_path / "out"), TILES_256, GroundTruthSpec(str(truth))
+        _map(
+            task_runner(workers=1),
+            [str(imagery)],
+            str(tmp_path / "out"),
+            TILES_256,
+            GroundTruthSpec(str(truth)),
         )
 
 
@@ -225,16 +250,20 @@ def test_the_flow_classifies_every_field_and_the_outputs_agree(tmp_path: Path) -
         build_classifier(ClassifierConfig(backbone="resnet18", input_size=64)), classifier
     )
     config = TILES_256.model_copy(update={"classifier": str(classifier)})
-    summary = map_region.with_options(task_runner=task_runner(workers=1))(
-        [str(imagery)], str(tmp_path / "out"), config, GroundTruthSpec(str(truth))
+    summary = _map(
+        task_runner(workers=1),
+        [str(imagery)],
+        str(tmp_path / "out"),
+        config,
+        GroundTruthSpec(str(truth)),
     )
-    assert summary["state"] == "complete"
+    assert summary.state == "complete"
     fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
     mosaic = xr.open_zarr(
         tmp_path / "out" / "mosaic.zarr", decode_coords="all", mask_and_scale=False
     )
     labels, classes = mosaic["labels"].values, mosaic["classes"].values
-    assert len(fields) == summary["fields"] > 0
+    assert len(fields) == summary.fields > 0
     for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
         assert field_class == (1 if score >= 0.5 else 2)
         assert (classes[labels == field_id] == field_class).all()
@@ -278,18 +307,18 @@ def test_new_imagery_in_the_folder_computes_only_the_tiles_it_touches(tmp_path: 
     ) as dst:
         dst.write(scene.instances[None])
     write_half("west.tif", slice(0, 512), ORIGIN)
-    run = map_region.with_options(task_runner=task_runner(workers=1))
+    run = functools.partial(_map, task_runner(workers=1))
     spec, out = GroundTruthSpec(str(truth)), str(tmp_path / "map")
     first = run([str(folder)], out, TILES_256, spec)
-    assert first["counts"]["computed"] == 8  # 4 rows × 2 columns of 256-px tiles
+    assert first.counts["computed"] == 8  # 4 rows × 2 columns of 256-px tiles
 
     write_half("east.tif", slice(512, 1024), ORIGIN @ Affine.translation(512, 0))
     second = run([str(folder)], out, TILES_256, spec)
-    assert len(second["statuses"]) == 16
+    assert len(second.tiles) == 16
     # halo 0: the west tiles see exactly what they saw yesterday
-    assert second["counts"] == {"computed": 8, "cached": 8, "empty": 0, "failed": 0}
-    west = {k for k, s in first["statuses"].items()}
-    assert {k for k, s in second["statuses"].items() if s["status"] == "cached"} == west
+    assert second.counts == {"computed": 8, "cached": 8, "empty": 0, "failed": 0}
+    west = set(first.tiles)
+    assert {k for k, s in second.tiles.items() if s.status == "cached"} == west
 
 
 def test_transient_storage_errors_on_the_first_reads_are_retried(tmp_path: Path) -> None:
@@ -311,14 +340,15 @@ def test_transient_storage_errors_on_the_first_reads_are_retried(tmp_path: Path)
     k = opens(counter)
     counter.write_text("0")
     rasters_options = {"counter": str(counter), "fail_from": k + 1, "fail_to": k + 2}
-    summary = map_region.with_options(task_runner=task_runner(workers=1))(
+    summary = _map(
+        task_runner(workers=1),
         [f"flaky://{imagery}"],
         str(tmp_path / "out"),
         TILES_256,
         GroundTruthSpec(str(truth)),
         storage_options=rasters_options,
     )
-    assert summary["counts"] == {"computed": 1, "cached": 0, "empty": 0, "failed": 0}
+    assert summary.counts == {"computed": 1, "cached": 0, "empty": 0, "failed": 0}
     assert opens(counter) >= k + 3  # inspection, two failed reads, then reads that worked
     failed_reads = Path(f"{counter}.failed").read_text().split()
     assert failed_reads == [str(imagery)] * 2  # the tile's pixels, not a side file
@@ -340,9 +370,13 @@ def test_a_worker_killed_mid_run_loses_no_tile(
 
     def run() -> None:
         try:
-            outcome["summary"] = map_region.with_options(
-                task_runner=task_runner(scheduler=address)
-            )([str(imagery)], str(out), TILES_256, GroundTruthSpec(str(truth)))
+            outcome["summary"] = _map(
+                task_runner(scheduler=address),
+                [str(imagery)],
+                str(out),
+                TILES_256,
+                GroundTruthSpec(str(truth)),
+            )
         except Exception as exc:  # reported below
             outcome["error"] = exc
 
@@ -360,9 +394,9 @@ def test_a_worker_killed_mid_run_loses_no_tile(
     assert not flow.is_alive()
     assert "error" not in outcome, outcome
     summary = outcome["summary"]
-    assert isinstance(summary, dict)
-    assert summary["counts"]["failed"] == 0
-    assert summary["counts"]["computed"] + summary["counts"]["cached"] == 36
+    assert isinstance(summary, RunManifest)
+    assert summary.counts["failed"] == 0
+    assert summary.counts["computed"] + summary.counts["cached"] == 36
     assert len(list((out / "tiles").glob("*.npz"))) == 36
 
 
@@ -393,13 +427,13 @@ def test_tiny_sam_on_s3_imagery_through_an_existing_cluster(
         },
         model_settings=settings,
     )
-    summary = map_region.with_options(task_runner=task_runner(scheduler=address))(
-        ["s3://county/naip/"], "s3://county/map", config, source
+    summary = _map(
+        task_runner(scheduler=address), ["s3://county/naip/"], "s3://county/map", config, source
     )
-    assert summary["state"] == "complete" and summary["counts"]["computed"] == 4
-    assert {s["worker"] for s in summary["statuses"].values()} == {_gpu_worker_address(address)}
+    assert summary.state == "complete" and summary.counts["computed"] == 4
+    assert {s.worker for s in summary.tiles.values()} == {_gpu_worker_address(address)}
     mosaic = xr.open_zarr("s3://county/map/mosaic.zarr", consolidated=False)
-    assert int(mosaic["labels"].max()) == summary["fields"] > 0
+    assert int(mosaic["labels"].max()) == summary.fields > 0
 
 
 def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_path: Path) -> None:
@@ -408,10 +442,8 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
 
     from lisegagr_core.config import AmgSettings
     from lisegagr_core.grid import TileSpec
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, hash_stage, plan
+    from lisegagr_core.run.stages import segment_batch
     from lisegagr_core.sources import MaskSource
-    from tasks.tiles import segment_tiles
 
     imagery, truth = write_scene(tmp_path, size=256)
     truth_spec = GroundTruthSpec(str(truth))
@@ -421,6 +453,7 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
         """A mask source spec whose device holds at most 16 prompts at once."""
 
         model_id = "tight-memory"
+        shared_across_tiles = True
 
         def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
             batches.append(amg.points_per_batch)
@@ -428,17 +461,13 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return truth_spec.build(tile, amg, transform)  # type: ignore[arg-type]
 
-    rasters = open_rasters([str(imagery)], align=256)
-    (spec,) = list(plan(rasters, TILES_256))
-    digest = hash_stage(rasters, spec, TILES_256, "tight-memory")[1]
     config = TILES_256.model_copy(
         update={
             "engine": TILES_256.engine.model_copy(update={"amg": AmgSettings(points_per_side=8)})
         }
     )
-    (status,) = segment_tiles.fn(
-        rasters, [spec], [digest], config, TightMemory(), RegionPaths(str(tmp_path))
-    )  # type: ignore[arg-type]
+    run = plan_run([str(imagery)], str(tmp_path), config, TightMemory())  # type: ignore[arg-type]
+    (status,) = segment_batch(run, list(run.grid))
     assert status.status == "computed"
     # Sized to the device first (the whole 8x8 grid at most), then halved until it fits.
     assert batches == [None, 32, 16]
@@ -470,10 +499,10 @@ def test_tiles_segmented_several_per_task_give_the_same_map(tmp_path: Path) -> N
             model_settings=settings,
         )
         out = tmp_path / f"out-{per_task}"
-        summary = map_region.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-            [str(imagery)], str(out), config, source
+        summary = _map(
+            ThreadPoolTaskRunner(max_workers=1), [str(imagery)], str(out), config, source
         )
-        assert summary["state"] == "complete" and summary["counts"]["computed"] == 9
+        assert summary.state == "complete" and summary.counts["computed"] == 9
         mosaic = xr.open_zarr(out / "mosaic.zarr", consolidated=False)
         labels[per_task] = mosaic["labels"].values
     assert labels[1].max() > 0
@@ -485,10 +514,8 @@ def test_a_segmentation_task_sends_its_tiles_through_sam_together(tmp_path: Path
     from flows.region import sam_source
     from lisegagr_core.config import AmgSettings, load_region_config
     from lisegagr_core.grid import TileSpec
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, hash_stage, plan
+    from lisegagr_core.run.stages import segment_batch
     from lisegagr_core.sources import MaskSource
-    from tasks.tiles import segment_tiles
 
     imagery, _ = write_scene(tmp_path, size=512, seed=6)
     sam, settings = sam_source("tiny", None, "cpu")
@@ -514,12 +541,8 @@ def test_a_segmentation_task_sends_its_tiles_through_sam_together(tmp_path: Path
         {"core": 256, "halo": 0, "engine.amg.points_per_side": 4, "tiles_per_task": 4},
         model_settings=settings,
     )
-    rasters = open_rasters([str(imagery)], align=256)
-    specs = list(plan(rasters, config))
-    digests = [hash_stage(rasters, spec, config, sam.model_id)[1] for spec in specs]
-    statuses = segment_tiles.fn(
-        rasters, specs, digests, config, Recording(), RegionPaths(str(tmp_path))
-    )  # type: ignore[arg-type]
+    run = plan_run([str(imagery)], str(tmp_path), config, Recording())  # type: ignore[arg-type]
+    statuses = segment_batch(run, list(run.grid))
     assert [s.status for s in statuses] == ["computed"] * 4
     assert calls[0] == 4
 
@@ -529,9 +552,47 @@ def test_the_manifest_records_sources_that_resolve_from_any_folder(
 ) -> None:
     imagery, truth = write_scene(tmp_path, size=256)
     monkeypatch.chdir(tmp_path)
-    map_region.with_options(task_runner=task_runner(workers=1))(
-        [imagery.name], "out", TILES_256, GroundTruthSpec(str(truth))
-    )
+    _map(task_runner(workers=1), [imagery.name], "out", TILES_256, GroundTruthSpec(str(truth)))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sources"] == [str(imagery)]
     assert manifest["input"]["rasters"] == [str(imagery)]
+
+
+def test_both_executors_make_the_same_map_and_either_output_resumes(tmp_path: Path) -> None:
+    """One pipeline: the in-process executor and the flow on Dask write the same mosaic,
+    the same GeoParquet rows and the same manifest, so `resume` works on either."""
+    import geopandas as gpd
+    import xarray as xr
+    from typer.testing import CliRunner
+
+    from lisegagr.cli import app
+    from lisegagr_core.run import read_manifest, run_region
+
+    imagery, truth = write_scene(tmp_path, size=640, seed=1)
+    config, spec = RegionConfig(core=256, halo=32), GroundTruthSpec(str(truth))
+    local = run_region([str(imagery)], str(tmp_path / "local"), config, spec)
+    flow = _map(task_runner(workers=1), [str(imagery)], str(tmp_path / "flow"), config, spec)
+    assert local.fields == flow.fields > 0 and local.counts == flow.counts
+    mosaics = [
+        xr.open_zarr(tmp_path / name / "mosaic.zarr", mask_and_scale=False)
+        for name in ("local", "flow")
+    ]
+    for array in ("labels", "classes"):
+        np.testing.assert_array_equal(mosaics[0][array].values, mosaics[1][array].values)
+    fields = [gpd.read_parquet(tmp_path / name / "fields.parquet") for name in ("local", "flow")]
+    assert fields[0].drop(columns="geometry").equals(fields[1].drop(columns="geometry"))
+    assert fields[0].geometry.geom_equals(fields[1].geometry).all()
+    manifests = [read_manifest(str(tmp_path / name)) for name in ("local", "flow")]
+    assert manifests[0].grid == manifests[1].grid and manifests[0].input == manifests[1].input
+    assert {k: t.tile_hash for k, t in manifests[0].tiles.items()} == {
+        k: t.tile_hash for k, t in manifests[1].tiles.items()
+    }
+
+    lost = next(iter((tmp_path / "local" / "tiles").glob("*.npz")))
+    lost.unlink()  # as if that tile had never finished
+    resumed = CliRunner().invoke(app, ["resume", str(tmp_path / "local"), "--workers", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    after = read_manifest(str(tmp_path / "local"))
+    assert after.counts["computed"] == 1 and after.counts["cached"] == len(after.tiles) - 1
+    again = xr.open_zarr(tmp_path / "local" / "mosaic.zarr", mask_and_scale=False)
+    np.testing.assert_array_equal(again["labels"].values, mosaics[1]["labels"].values)

@@ -42,3 +42,55 @@ def test_bad_grids_are_refused() -> None:
         TileGrid(height=0, width=10)
     with pytest.raises(IndexError):
         TileGrid(height=10, width=10, core=5, halo=1).tile(2, 0)
+
+
+def test_an_anchored_grid_covers_exactly_its_region_with_tiles_on_the_map_lattice() -> None:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    # a region starting 100 px right of and 60 px below a 256-px tile border
+    transform = Affine(1.0, 0.0, 256 * 10 + 100, 0.0, -1.0, -(256 * -20) - 60)
+    grid = TileGrid.anchored(
+        500, 700, transform=transform, crs=CRS.from_epsg(32615), core=256, halo=16
+    )
+    assert grid.anchor == (-5060, 2660)  # pixels from the map origin: 60 and 100 past a border
+    cover = np.zeros((500, 700), np.int32)
+    for tile in grid:
+        cover[tile.core.toslices()] += 1
+        rows, cols = tile.tile_slices(tile.core)
+        # each core sits where it would on the full lattice: borders at multiples of 256
+        assert (grid.anchor[1] + tile.core.col_off) % 256 == 0 or tile.core.col_off == 0
+        assert (grid.anchor[0] + tile.core.row_off) % 256 == 0 or tile.core.row_off == 0
+        assert 16 <= rows.start < 16 + 256 and 16 <= cols.start < 16 + 256
+    assert (cover == 1).all()
+    first = grid.tile(0, 0)
+    assert first.core == Window(0, 0, 156, 196)  # the part of a full core inside the region
+    assert (first.pad_top, first.pad_left) == (16 + 60, 16 + 100)
+    # the same lattice from a bigger region: same keys, same tile frames
+    bigger = TileGrid.anchored(
+        800,
+        900,
+        transform=transform @ Affine.translation(-200, -100),
+        crs=CRS.from_epsg(32615),
+        core=256,
+        halo=16,
+    )
+    keys = {t.key for t in bigger}
+    assert {t.key for t in grid} <= keys
+    # chunks tile the region from its first pixel; each lies under at most four cores
+    chunks = grid.chunks()
+    assert sum(int(c.width * c.height) for c in chunks) == 500 * 700
+    assert all(1 <= len(grid.tiles_over(c)) <= 4 for c in chunks)
+    assert len(grid.chunks(0)) == len(chunks) // grid.chunk_rows
+    # a box of the grid keeps the lattice; a description round-trips
+    box = grid.crop(Window(300, 200, 100, 100))
+    assert {t.key for t in box} <= {t.key for t in grid}
+    assert box.transform == transform @ Affine.translation(300, 200)
+    assert TileGrid.from_description(grid.describe()) == grid
+
+
+def test_a_grid_without_crs_starts_its_tiles_at_its_first_pixel() -> None:
+    from affine import Affine
+
+    grid = TileGrid.anchored(300, 300, transform=Affine(1, 0, 50, 0, -1, 70), crs=None)
+    assert grid.anchor == (0, 0) and grid.tile(0, 0).key == "r0c0"

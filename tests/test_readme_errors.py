@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from lisegagr.cli import app
 
+from .flow_helpers import stub_manifest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = ["--model", "tiny", "--device", "cpu"]
 runner = CliRunner()
@@ -114,7 +116,7 @@ def another_run(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
 
 def another_region(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     (tmp / "o").mkdir()
-    (tmp / "o" / "manifest.json").write_text(json.dumps({"sources": ["/elsewhere/a.tif"]}))
+    stub_manifest(tmp / "o", ["/elsewhere/a.tif"])
     return runner.invoke(app, ["run", str(_scene(tmp)), "--out", str(tmp / "o"), *TINY])
 
 
@@ -130,8 +132,7 @@ def killed_run(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     gone = subprocess.Popen(["true"])
     gone.wait()
     _lock(tmp / "o", gone.pid)
-    manifest = {"state": "running", "model": "tiny", "tiles": {}}
-    (tmp / "o" / "manifest.json").write_text(json.dumps(manifest))
+    stub_manifest(tmp / "o", [str(tmp / "a.tif")], state="running")
     return runner.invoke(app, ["status", str(tmp / "o")])
 
 

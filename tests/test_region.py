@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -11,17 +12,19 @@ import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from lisegagr_core.config import RegionConfig
+from lisegagr_core.config import AmgSettings, RegionConfig
 from lisegagr_core.errors import InputError
-from lisegagr_core.grid import TileSpec
+from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.rasters import open_rasters
-from lisegagr_core.region import RegionPaths, TileStatus, run_region
-from lisegagr_core.sources import GroundTruthMaskSource, MaskSource
-from lisegagr_core.tiles import tile_truth
+from lisegagr_core.run import RunManifest, TileStatus, run_region
+from lisegagr_core.source_specs import GroundTruthSpec
+from lisegagr_core.sources import MaskSource
 
+from .flow_helpers import truth_spec
 from .naip import naip_names, naip_scene
 
 ORIGIN = Affine(1.0, 0.0, 400_000.0, 0.0, -1.0, 4_400_000.0)
@@ -50,20 +53,15 @@ def _write_geotiff(
     return path
 
 
-def _truth_source(truth: np.ndarray):  # type: ignore[no-untyped-def]
-    return lambda spec: GroundTruthMaskSource(tile_truth(truth, spec))
-
-
-def _run(path: Path | list[Path], truth: np.ndarray, out: Path, config: RegionConfig = SMALL_TILES):  # type: ignore[no-untyped-def]
+def _run(
+    path: Path | list[Path], truth: np.ndarray, out: Path, config: RegionConfig = SMALL_TILES
+) -> RunManifest:  # type: ignore[no-untyped-def]
     paths = [str(p) for p in (path if isinstance(path, list) else [path])]
-    return run_region(
-        open_rasters(paths),
-        _truth_source(truth),
-        config,
-        RegionPaths(str(out)),
-        model_id="ground-truth",
-        model="ground truth",
-    )
+    return run_region(paths, str(out), config, truth_spec(path, truth))  # type: ignore[arg-type]
+
+
+def _failed(manifest: RunManifest) -> list[TileStatus]:
+    return [s for s in manifest.tiles.values() if s.status == "failed"]
 
 
 def _mosaic_labels(out: Path) -> xr.Dataset:
@@ -160,14 +158,14 @@ def test_rerun_computes_nothing_and_a_changed_setting_recomputes(tmp_path: Path)
     first = _run(path, truth, tmp_path / "out")
     labels = _mosaic_labels(tmp_path / "out")["labels"].values
     again = _run(path, truth, tmp_path / "out")
-    assert {s.status for s in first.statuses.values()} == {"computed"}
-    assert {s.status for s in again.statuses.values()} == {"cached"}
+    assert {s.status for s in first.tiles.values()} == {"computed"}
+    assert {s.status for s in again.tiles.values()} == {"cached"}
     np.testing.assert_array_equal(_mosaic_labels(tmp_path / "out")["labels"].values, labels)
     changed = SMALL_TILES.model_copy(
         update={"engine": SMALL_TILES.engine.model_copy(update={"min_component_area": 60})}
     )
     third = _run(path, truth, tmp_path / "out", changed)
-    assert {s.status for s in third.statuses.values()} == {"computed"}
+    assert {s.status for s in third.tiles.values()} == {"computed"}
 
 
 def test_nodata_is_never_segmented_and_stays_zero(tmp_path: Path) -> None:
@@ -188,8 +186,8 @@ def test_nodata_is_never_segmented_and_stays_zero(tmp_path: Path) -> None:
 class _FailsOn:
     """A mask source that breaks on one tile, as a corrupt tile or a lost worker would."""
 
-    def __init__(self, inner: MaskSource, key: str) -> None:
-        self.inner, self.key, self.name = inner, key, "flaky"
+    def __init__(self, key: str) -> None:
+        self.key, self.name = key, "flaky"
 
     def generate(self, image: np.ndarray, region: Window):  # type: ignore[no-untyped-def]
         raise RuntimeError(f"tile {self.key} is corrupt")
@@ -198,40 +196,48 @@ class _FailsOn:
         raise RuntimeError(f"tile {self.key} is corrupt")
 
 
+@dataclass(frozen=True)
+class _FailingTruth(GroundTruthSpec):
+    """Ground truth, except for one tile whose source breaks."""
+
+    fail_key: str = ""
+
+    def build(self, tile: TileSpec, amg: AmgSettings, grid_transform: Affine) -> MaskSource:
+        if tile.key == self.fail_key:
+            return _FailsOn(tile.key)
+        return super().build(tile, amg, grid_transform)
+
+
 def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
+    import json
+
     from lisegagr_core.synthetic import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=4)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
-    truth = scene.instances.astype(np.int64)
-
-    def source_for(spec: TileSpec) -> MaskSource:
-        source = GroundTruthMaskSource(tile_truth(truth, spec))
-        return _FailsOn(source, spec.key) if spec.key == "r1c1" else source
-
+    truth = truth_spec(path, scene.instances.astype(np.int64))
+    grid = TileGrid.anchored(512, 512, transform=ORIGIN, crs=CRS.from_epsg(32616), core=192)
+    middle = grid.tile(1, 1)
     seen: list[TileStatus] = []
     report = run_region(
-        open_rasters([str(path)]),
-        source_for,
+        [str(path)],
+        str(tmp_path / "out"),
         SMALL_TILES,
-        RegionPaths(str(tmp_path / "out")),
-        model_id="gt",
-        model="ground truth",
+        _FailingTruth(truth.truth_path, fail_key=middle.key),
         on_tile=seen.append,
     )
-    assert [s.key for s in report.failed] == ["r1c1"]
-    assert "corrupt" in (report.failed[0].error or "")
+    assert [s.key for s in _failed(report)] == [middle.key]
+    assert "corrupt" in (_failed(report)[0].error or "")
     assert len(seen) == 9
     mosaic = _mosaic_labels(tmp_path / "out")
-    core = (slice(192, 384), slice(192, 384))
+    core = middle.core.toslices()
     assert (mosaic["labels"].values[core] == 0).all() and (
         mosaic["classes"].values[core] == 255
     ).all()
     assert mosaic["labels"].values.max() > 0
-    import json
-
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["tiles"]["r1c1"]["status"] == "failed"
+    assert manifest["tiles"][middle.key]["status"] == "failed"
+    assert manifest["state"] == "failed tiles"
 
 
 def test_rasters_in_different_crs_are_refused(tmp_path: Path) -> None:
@@ -315,12 +321,12 @@ def test_a_classifier_fills_scores_and_classes_that_agree_and_alone_recomputes(
         assert field_class == (1 if score >= 0.5 else 2)
         assert (classes[labels == field_id] == field_class).all()
     assert (classes[labels == 0] == 0).all()  # background with data
-    assert {s.status for s in first.statuses.values()} == {"computed"}
+    assert {s.status for s in first.tiles.values()} == {"computed"}
 
     other = config.model_copy(update={"classifier": classifiers[1]})
     second = _run(path, truth, tmp_path / "out", other)
-    assert {s.status for s in second.statuses.values()} == {"cached"}
-    assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 * len(first.statuses)
+    assert {s.status for s in second.tiles.values()} == {"cached"}
+    assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == 2 * len(first.tiles)
 
 
 def test_the_mosaic_opens_in_xarray_with_nodata_masked_and_unclassified_apart(
@@ -353,30 +359,25 @@ def test_the_mosaic_opens_in_xarray_with_nodata_masked_and_unclassified_apart(
     assert set(np.unique(classes[:, 200:][labels[:, 200:] == 0])) == {0.0}
 
 
-def test_cog_export_covers_exactly_the_imagery_and_opens_in_gdal(tmp_path: Path) -> None:
-    """The mosaic's grid is anchored on multiples of the tile core in map space (stable tile
-    keys), so it is larger than a scene that is not; the COGs are cut to the scene's pixels."""
+def test_the_mosaic_covers_exactly_the_imagery_and_its_cogs_open_in_gdal(tmp_path: Path) -> None:
+    """Tiles lie on multiples of the core in map space (stable keys), the mosaic on the
+    scene's own pixels: a scene off that lattice gives a mosaic of its own shape and bounds
+    (partial tiles at its edges), and COGs identical to it."""
     from lisegagr_core.mosaic import open_mosaic, read_window
-    from lisegagr_core.region import export_cogs
+    from lisegagr_core.run.export import export_cogs
     from lisegagr_core.synthetic import make_farmland_scene
 
     scene = make_farmland_scene(320, seed=5)
     rgb = np.ascontiguousarray(scene.rgb[:260])
-    transform = ORIGIN @ Affine.translation(100, 60)  # off the 192-px anchored grid
+    transform = ORIGIN @ Affine.translation(100, 60)  # off the 192-px anchored lattice
     path = _write_geotiff(tmp_path / "scene.tif", rgb, transform)
     out = tmp_path / "out"
-    rasters = open_rasters([str(path)], align=SMALL_TILES.core)
-    truth = np.zeros((rasters.height, rasters.width), np.int64)  # on the grid, as the tiles
-    truth[rasters.data_window.toslices()] = scene.instances[:260]
-    run_region(
-        rasters,
-        _truth_source(truth),
-        SMALL_TILES,
-        RegionPaths(str(out)),
-        model_id="ground-truth",
-        model="ground truth",
-    )
-    assert _mosaic_labels(out)["labels"].shape != (260, 320)  # the anchored grid
+    _run(path, scene.instances[:260].astype(np.int64), out)
+    mosaic = _mosaic_labels(out)
+    assert mosaic["labels"].shape == (260, 320)
+    assert mosaic.rio.transform() == transform
+    labels = mosaic["labels"].values
+    assert score_partition(scene.instances[:260], labels).f1 >= 0.99  # partial tiles merged
     written = export_cogs(str(out), str(tmp_path / "gis"))
     assert written == [str(tmp_path / "gis" / "labels.tif"), str(tmp_path / "gis" / "classes.tif")]
     group = open_mosaic(str(out / "mosaic.zarr"), mode="r")
@@ -388,8 +389,7 @@ def test_cog_export_covers_exactly_the_imagery_and_opens_in_gdal(tmp_path: Path)
             assert cog.crs == crs and cog.bounds == bounds and cog.shape == (260, 320)
             assert cog.nodata == (255 if name == "classes" else None)
             values = cog.read(1)
-        expected = read_window(group, rasters.data_window, name)
-        np.testing.assert_array_equal(values, expected)
+        np.testing.assert_array_equal(values, read_window(group, Window(0, 0, 320, 260), name))
     assert values.max() == 3  # fields without a classifier: unclassified, not nodata
     assert (values != 255).all()  # every pixel of the scene has imagery
     from typer.testing import CliRunner
@@ -400,6 +400,48 @@ def test_cog_export_covers_exactly_the_imagery_and_opens_in_gdal(tmp_path: Path)
     assert result.exit_code == 0, result.output
     with rasterio.open(out / "classes.tif") as cog:
         assert cog.bounds == bounds
+
+
+def test_a_grown_region_keeps_its_old_tiles_and_a_box_maps_part_of_it(tmp_path: Path) -> None:
+    """More imagery beside a mapped scene: the tiles it does not touch keep their keys and
+    hashes (cached); the mosaic grows to the new extent. `bbox` maps only a box, on the same
+    lattice (the same keys)."""
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(640, seed=8)
+    truth = scene.instances.astype(np.int64)
+    whole = _write_geotiff(tmp_path / "whole.tif", scene.rgb)
+    west = _write_geotiff(tmp_path / "west.tif", np.ascontiguousarray(scene.rgb[:, :320]))
+    east = _write_geotiff(
+        tmp_path / "east.tif",
+        np.ascontiguousarray(scene.rgb[:, 320:]),
+        ORIGIN @ Affine.translation(320, 0),
+    )
+    spec = truth_spec(whole, truth)
+    out = str(tmp_path / "out")
+    first = run_region([str(west)], out, SMALL_TILES, spec)
+    assert _mosaic_labels(tmp_path / "out")["labels"].shape == (640, 320)
+    grown = run_region([str(west), str(east)], out, SMALL_TILES, spec)
+    assert _mosaic_labels(tmp_path / "out")["labels"].shape == (640, 640)
+    cached = {k for k, s in grown.tiles.items() if s.status == "cached"}
+    # tiles whose read window stays inside the west half are unchanged
+    grid = TileGrid.anchored(640, 320, transform=ORIGIN, crs=CRS.from_epsg(32616), core=192)
+    inside = {t.key for t in grid if t.read.col_off + t.read.width < 320}  # not cut at 320
+    assert inside and inside <= cached
+    assert all(grown.tiles[k].tile_hash == first.tiles[k].tile_hash for k in cached)
+    labels = _mosaic_labels(tmp_path / "out")["labels"].values
+    assert score_partition(truth, labels).f1 >= 0.99
+
+    box = (400_100.0, 4_400_000.0 - 300.0, 400_400.0, 4_400_000.0 - 50.0)  # 300 × 250 m
+    boxed = run_region(
+        [str(whole)], str(tmp_path / "box"), SMALL_TILES.model_copy(update={"bbox": box}), spec
+    )
+    mosaic = _mosaic_labels(tmp_path / "box")
+    assert mosaic["labels"].shape == (250, 300)
+    assert mosaic.rio.transform() == ORIGIN @ Affine.translation(100, 50)
+    assert set(boxed.tiles) <= set(grown.tiles)  # the same lattice, the same keys
+    agree = (mosaic["labels"].values > 0) == (truth[50:300, 100:400] > 0)
+    assert agree.mean() > 0.98  # fields cut by the box are mapped inside it
 
 
 def test_geoparquet_has_one_schema_whether_fields_are_found_or_not(tmp_path: Path) -> None:
@@ -458,3 +500,55 @@ def test_gdal_zarr_driver_reads_the_mosaic_where_it_supports_zarr_v3(tmp_path: P
         pytest.skip(f"GDAL {rasterio.__gdal_version__} cannot read Zarr v3 ({exc})")
     with classes:
         assert classes.nodata == 255 and classes.read(1).shape == (256, 256)
+
+
+def test_each_tile_is_read_once_and_a_cached_tile_is_never_super_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read of the sources per tile: hashed before super-resolution, and the image that
+    was segmented is the one classified. A re-run reads each tile to hash it, nothing more."""
+    import collections
+
+    import torch
+
+    from lisegagr_core.classify import ClassifierConfig, build_classifier, save_classifier
+    from lisegagr_core.rasters import RasterSet
+    from lisegagr_core.synthetic import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=9)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    spec = truth_spec(path, scene.instances.astype(np.int64))  # read onto the upscaled grid
+    torch.manual_seed(0)
+    save_classifier(
+        build_classifier(ClassifierConfig(backbone="resnet18", input_size=64)),
+        tmp_path / "classifier.pt",
+    )
+    config = SMALL_TILES.model_copy(
+        update={"upscale": 2, "classifier": str(tmp_path / "classifier.pt")}
+    )
+    reads: collections.Counter[tuple[int, int]] = collections.Counter()
+    upscales: collections.Counter[tuple[int, int]] = collections.Counter()
+    read_source, upscaled = RasterSet.read_source, RasterSet.upscaled
+
+    def counted_read(self: RasterSet, window: Window):  # type: ignore[no-untyped-def]
+        reads[int(window.row_off), int(window.col_off)] += 1
+        return read_source(self, window)
+
+    def counted_upscale(self: RasterSet, pixels):  # type: ignore[no-untyped-def]
+        upscales[int(pixels.window.row_off), int(pixels.window.col_off)] += 1
+        return upscaled(self, pixels)
+
+    monkeypatch.setattr(RasterSet, "read_source", counted_read)
+    monkeypatch.setattr(RasterSet, "upscaled", counted_upscale)
+    first = run_region([str(path)], str(tmp_path / "out"), config, spec)
+    tiles = len(first.tiles)  # 512² on the upscaled grid, tiles on the anchored lattice
+    assert first.counts["computed"] == tiles >= 9 and first.fields > 0
+    assert len(reads) == tiles and set(reads.values()) == {1}
+    assert len(upscales) == tiles and set(upscales.values()) == {1}
+    assert len(list((tmp_path / "out" / "scores").glob("*.json"))) == tiles  # all classified
+
+    reads.clear(), upscales.clear()
+    again = run_region([str(path)], str(tmp_path / "out"), config, spec)
+    assert again.counts["cached"] == tiles
+    assert len(reads) == tiles and set(reads.values()) == {1}
+    assert not upscales  # cached tiles are hashed from source pixels only

@@ -14,6 +14,8 @@ from lisegagr.cli import app
 from lisegagr_core.errors import InputError
 from lisegagr_core.rasters import open_rasters
 
+from .flow_helpers import stub_manifest
+
 runner = CliRunner()
 
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -93,13 +95,11 @@ def test_a_second_run_is_refused_before_any_server_or_cluster_starts(
 def test_status_reports_a_run_whose_process_is_gone_as_interrupted_and_resumable(
     tmp_path: Path,
 ) -> None:
-    import json
     import os
 
     out = tmp_path / "out"
     _lock(out, _dead_pid())
-    manifest = {"state": "running", "model": "tiny", "tiles": {"r0c0": {"status": "pending"}}}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    stub_manifest(out, ["scene.tif"], state="running", tiles={"r0c0": "pending"})
     result = runner.invoke(app, ["status", str(out)])
     assert result.exit_code == 0, result.output
     assert "interrupted, resumable" in result.output and "lisegagr resume" in result.output
@@ -225,25 +225,25 @@ def test_a_segment_style_config_is_refused_saying_what_to_write(
 def test_an_output_holding_another_region_is_refused_unless_overwritten(
     scene: Path, tmp_path: Path
 ) -> None:
-    import json
 
     from lisegagr.cli_region import _claim_output
+    from lisegagr_core.run import RegionPaths
 
     out = tmp_path / "out"
     (out / "tiles").mkdir(parents=True)
     (out / "tiles" / "r0c0.0123.npz").write_bytes(b"old")
-    (out / "manifest.json").write_text(json.dumps({"sources": ["/elsewhere/other.tif"]}))
+    stub_manifest(out, ["/elsewhere/other.tif"])
     result = runner.invoke(app, ["run", str(scene), "--out", str(out), *TINY])
     assert result.exit_code == 2, result.output
     assert "holds the map of other sources (/elsewhere/other.tif); pass --overwrite" in (
         _error_line(result.output)
     )
-    _claim_output(str(out), [str(scene)], overwrite=True)
+    _claim_output(RegionPaths(str(out)), [str(scene)], overwrite=True)
     assert not (out / "tiles").exists() and not (out / "manifest.json").exists()
     # the same sources (a re-run, a resume) keep their cached tiles
     (out / "tiles").mkdir()
-    (out / "manifest.json").write_text(json.dumps({"sources": [str(scene)]}))
-    _claim_output(str(out), [str(scene)], overwrite=False)
+    stub_manifest(out, [str(scene)])
+    _claim_output(RegionPaths(str(out)), [str(scene)], overwrite=False)
     assert (out / "tiles").exists()
 
 

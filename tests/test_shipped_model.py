@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.region import default_model, with_default_classifier
+from flows.region import sam_source, with_default_classifier
 from lisegagr_core.classify.model import load_classifier
 from lisegagr_core.config import RegionConfig, load_config
 from lisegagr_core.engine import segment_image
@@ -60,7 +60,7 @@ def test_the_default_model_is_a_committed_project_model_that_matches_its_sha256(
 
 def test_commands_and_flows_use_the_default_model_when_none_is_named() -> None:
     assert choose_model(None, DEFAULT_WEIGHTS_DIR, MANIFEST) == MANIFEST.default
-    assert default_model(DEFAULT_WEIGHTS_DIR, MANIFEST) == MANIFEST.default
+    assert sam_source(None, None, "cpu")[0].name == MANIFEST.default  # the flows' choice
     loaded = load_sam(MANIFEST.default, device="cpu")
     assert loaded.origin == "project" and loaded.settings == MANIFEST.entries[loaded.name].settings
 

@@ -165,24 +165,22 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
     import s3fs
 
     from lisegagr_core.config import RegionConfig
-    from lisegagr_core.rasters import open_rasters
-    from lisegagr_core.region import RegionPaths, export_cogs, run_region
-    from lisegagr_core.sources import GroundTruthMaskSource
+    from lisegagr_core.run import run_region
+    from lisegagr_core.run.export import export_cogs
     from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
-    from lisegagr_core.tiles import tile_truth
 
+    from .flow_helpers import truth_spec
     from .test_s3 import _moto_server
 
     scene = make_farmland_scene(256, seed=3)
     write_georeferenced_scene(tmp_path / "scene.tif", scene)
     truth = scene.instances.astype(np.int64)
+    scene_path = tmp_path / "scene.tif"
     run_region(
-        open_rasters([str(tmp_path / "scene.tif")]),
-        lambda spec: GroundTruthMaskSource(tile_truth(truth, spec)),
+        [str(scene_path)],
+        str(tmp_path / "out"),
         RegionConfig(core=256, halo=0),
-        RegionPaths(str(tmp_path / "out")),
-        model_id="ground-truth",
-        model="ground truth",
+        truth_spec(scene_path, truth),
     )
     with _moto_server() as endpoint:
         point_aws_at(endpoint, monkeypatch)
