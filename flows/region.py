@@ -26,7 +26,7 @@ from prefect.futures import as_completed
 from lisegagr_core.config import RegionConfig, load_region_config
 from lisegagr_core.run import RegionRun, RunManifest, TileStatus, plan_run, run_pipeline
 from lisegagr_core.source_specs import SamSpec
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, choose_model
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 from tasks import STAGE_TASKS
 from tasks.tiles import GPU
 
@@ -140,15 +140,16 @@ def sam_source(
     """The SAM spec for a model name or path, and the settings recorded with the model.
 
     The checkpoint is loaded and checked here, before any cluster starts."""
-    from lisegagr_core.models import load_sam, model_description
-    from lisegagr_core.weights import Manifest
+    from lisegagr_core.models import load_chosen_sam, model_description
 
     folder = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR
-    manifest = Manifest.load(folder / "manifest.json")
-    name = choose_model(model, folder, manifest)
-    sam = load_sam(name, weights_dir=folder, manifest=manifest, device="cpu")
+    sam = load_chosen_sam(model, folder, "cpu")
     spec = SamSpec(
-        name, str(folder.absolute()), sam.checkpoint_sha256, model_description(sam), device
+        model or sam.name,
+        str(folder.absolute()),
+        sam.checkpoint_sha256,
+        model_description(sam),
+        device,
     )
     return spec, {"amg": dict(sam.settings)}
 

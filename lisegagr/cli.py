@@ -103,12 +103,10 @@ def _engine_setup(
     config_path: Path | None,
     overrides: dict[str, Any],
 ) -> tuple[Any, EngineConfig, str]:
-    from lisegagr_core.models import load_sam, model_description
+    from lisegagr_core.models import load_chosen_sam, model_description
     from lisegagr_core.sources import SamMaskSource
 
-    manifest = _manifest(weights_dir)
-    name = choose_model(model, weights_dir, manifest)
-    sam = load_sam(name, weights_dir=weights_dir, manifest=manifest, device=device)
+    sam = load_chosen_sam(model, weights_dir, device)
     config = load_config(config_path, overrides, model_settings={"amg": sam.settings})
     return SamMaskSource(sam, config.amg), config, model_description(sam)
 

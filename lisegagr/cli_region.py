@@ -349,7 +349,7 @@ def resume(
     import tempfile
 
     from lisegagr_core.run import read_manifest
-    from lisegagr_core.source_specs import ground_truth_from_record
+    from lisegagr_core.standins.ground_truth import ground_truth_from_record
 
     try:
         manifest = read_manifest(output)
@@ -389,6 +389,8 @@ def export(
     classes rasters as Cloud-Optimised GeoTIFFs (cut to the imagery's extent) for any GIS."""
     import geopandas as gpd
 
+    from lisegagr_core.run import RegionPaths
+
     if format == "cog":
         from lisegagr_core.run.export import export_cogs
 
@@ -404,7 +406,7 @@ def export(
     if format not in EXPORT_DRIVERS:
         choices = ", ".join([*EXPORT_DRIVERS, "cog"])
         raise fail(f"--format must be one of {choices}, not {format!r}.")
-    source = f"{output.rstrip('/')}/fields.parquet"
+    source = RegionPaths(output).fields
     target = destination or f"{output.rstrip('/')}/fields.{format}"
     try:
         with storage_errors(source):
@@ -524,7 +526,8 @@ def demo(
     from lisegagr_core.metrics import score_partition
     from lisegagr_core.mosaic import CLASS_LABELS, open_mosaic, read_window
     from lisegagr_core.preview import render_preview
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.run import RegionPaths
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     try:
         check_writable(str(output))
@@ -551,7 +554,8 @@ def demo(
     # Score the mosaic against the scene's known fields, on the scene's own pixels.
     from rasterio.windows import Window, from_bounds
 
-    group = open_mosaic(str(mapped / "mosaic.zarr"), mode="r")
+    paths = RegionPaths(str(mapped))
+    group = open_mosaic(paths.mosaic, mode="r")
     with rasterio.open(scene_path) as src:
         window = from_bounds(*src.bounds, manifest.tile_grid.transform).round_offsets()
     labels = read_window(group, Window(window.col_off, window.row_off, size, size))
@@ -560,7 +564,7 @@ def demo(
     import cv2
     import geopandas as gpd
 
-    classes = gpd.read_parquet(mapped / "fields.parquet")["class"].value_counts().to_dict()
+    classes = gpd.read_parquet(paths.fields)["class"].value_counts().to_dict()
     counted = (
         ", ".join(f"{n} {CLASS_LABELS.get(c, c)}" for c, n in sorted(classes.items()))
         or "no instances"

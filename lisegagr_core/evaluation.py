@@ -56,6 +56,8 @@ from lisegagr_core.ground_truth import (
 )
 from lisegagr_core.imagery import read_image
 from lisegagr_core.metrics import SegmentationScores, match_instances, overlaps, score_partition
+from lisegagr_core.run.manifest import read_manifest
+from lisegagr_core.run.store import RegionPaths
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ class EvaluationReport:
 def read_predictions(path: Path) -> list[Prediction]:
     """The predictions of a label raster or of a `segment` / `run` output folder."""
     if path.is_dir():
-        if (path / "mosaic.zarr").exists():
+        if RegionPaths(str(path)).exists(RegionPaths(str(path)).mosaic):
             return [_run_output(path)]
         rasters = sorted(path.glob(f"*{LABELS_SUFFIX}"))
         if not rasters:
@@ -448,26 +450,26 @@ def _run_output(folder: Path) -> Prediction:
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
+    paths = RegionPaths(str(folder))
     try:
-        mosaic = xr.open_zarr(folder / "mosaic.zarr", decode_coords="all", consolidated=False)
+        mosaic = xr.open_zarr(paths.mosaic, decode_coords="all", consolidated=False)
         labels = np.asarray(mosaic["labels"].values, dtype=np.uint32)
         transform, crs = mosaic.rio.transform(), mosaic.rio.crs
     except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{folder / 'mosaic.zarr'} could not be read ({exc}).") from None
+        raise InputError(f"{paths.mosaic} could not be read ({exc}).") from None
     stages = None
-    fields_path = folder / "fields.parquet"
+    fields_path = Path(paths.fields)
     if fields_path.is_file():
         stages = _stages_of(pd.read_parquet(fields_path, columns=["id", "stage"]), fields_path)
     image_path = None
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        described = json.loads(manifest.read_text(encoding="utf-8")).get("input", {})
+    if paths.exists(paths.manifest):
+        described = read_manifest(str(folder)).input
         rasters = described.get("rasters", [])
         if len(rasters) == 1 and described.get("shape") == list(labels.shape):
             image_path = rasters[0]
     return Prediction(
         name=folder.name,
-        source=str(folder / "mosaic.zarr"),
+        source=paths.mosaic,
         labels=labels,
         transform=transform,
         crs=CRS.from_user_input(crs) if crs is not None else None,

@@ -46,6 +46,7 @@ from lisegagr_core.weights import (
     CheckpointSpec,
     Manifest,
     WeightsError,
+    choose_model,
     display_path,
     sha256_file,
     verify_checkpoint,
@@ -192,6 +193,18 @@ def load_sam(
                 f"{model!r} is neither a model name ({choices}) nor a checkpoint file"
             )
     return _load_path(Path(model), manifest or _manifest_for(weights_dir), target)
+
+
+def load_chosen_sam(
+    requested: str | None,
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR,
+    device: str | torch.device | None = None,
+) -> LoadedSam:
+    """The SAM a command or a flow uses: the one `requested` (a name or a path), else the
+    default (`weights.choose_model`), loaded and checked (`load_sam`)."""
+    manifest = Manifest.load(weights_dir / "manifest.json")
+    name = choose_model(requested, weights_dir, manifest)
+    return load_sam(name, weights_dir=weights_dir, manifest=manifest, device=device)
 
 
 def _manifest_for(weights_dir: Path) -> Manifest | None:
