@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from rasterio.windows import Window
 
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.errors import InputError
@@ -335,7 +336,7 @@ def write_chunk_row(
     statuses, ids: at least those of the tiles under the row.
     """
     group = open_mosaic(paths.mosaic, paths.storage_options)
-    results = TileResults(paths, statuses, keep=2 * grid.cols + 4)
+    results = TileResults.for_grid(grid, paths, statuses)
     for chunk in grid.chunks(chunk_row):
         shape = (int(chunk.height), int(chunk.width))
         labels = np.zeros(shape, np.uint32)
@@ -347,16 +348,9 @@ def write_chunk_row(
             part = spec.core.intersection(chunk)
             ids_here = ids.maps[spec.key][result.labels[spec.tile_slices(part)]]
             valid = result.valid[spec.tile_slices(part)]
-            where = (
-                slice(
-                    int(part.row_off - chunk.row_off),
-                    int(part.row_off - chunk.row_off) + int(part.height),
-                ),
-                slice(
-                    int(part.col_off - chunk.col_off),
-                    int(part.col_off - chunk.col_off) + int(part.width),
-                ),
-            )
+            where = Window(
+                part.col_off - chunk.col_off, part.row_off - chunk.row_off, part.width, part.height
+            ).toslices()
             labels[where] = ids_here
             classes[where] = np.where(
                 ids_here > 0, classes_by_id[ids_here], np.where(valid, CLASS_NONE, CLASS_NODATA)
