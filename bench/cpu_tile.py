@@ -37,7 +37,7 @@ from lisegagr_core.config import EngineConfig, load_config
 from lisegagr_core.engine import segment_images
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.models import LoadedSam, load_sam, model_description
-from lisegagr_core.synthetic import make_farmland_scene
+from lisegagr_core.standins.farmland import make_farmland_scene
 from lisegagr_core.training import load_scenes, summary_path_of
 from lisegagr_core.weights import DEFAULT_MANIFEST_PATH, Manifest, default_classifier
 

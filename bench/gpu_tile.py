@@ -21,7 +21,7 @@ mask arithmetic (merging, de-duplication, partition) and classification.
 
 Realistic masks: SAM weights here are random (no Meta weights on these machines), and
 random weights let almost no mask through AMG's filters, which would make post-processing
-look free. `lisegagr_core.segment_oracle` hooks the model so its mask decoder, after running
+look free. `lisegagr_core.standins.oracle` hooks the model so its mask decoder, after running
 for real, answers with the image's colour segments (Felzenszwalb) at varying sharpness and
 predicted IoU: tens of masks per pass survive, as with a trained SAM on farmland. Its own
 time is measured and subtracted. The two generators see the same answers, so their
@@ -50,14 +50,15 @@ from numpy.typing import NDArray
 
 import lisegagr_core.engine as engine_module
 import lisegagr_core.refine as refine_module
+from lisegagr_core.architectures import ARCHITECTURES, TINY
 from lisegagr_core.classify.crops import classify_instances
 from lisegagr_core.classify.model import ClassifierConfig, FieldClassifier
 from lisegagr_core.config import AmgSettings, EngineConfig, RoundSettings
 from lisegagr_core.engine import Segmentation, segment_images
-from lisegagr_core.models import ARCHITECTURES, TINY, LoadedSam, build_sam
-from lisegagr_core.segment_oracle import SegmentOracle, install_segment_oracle
+from lisegagr_core.models import LoadedSam, build_sam
 from lisegagr_core.sources import SamMaskSource
-from lisegagr_core.synthetic import make_farmland_scene
+from lisegagr_core.standins.farmland import make_farmland_scene
+from lisegagr_core.standins.oracle import SegmentOracle, install_segment_oracle
 
 MODELS = {**ARCHITECTURES, "tiny-1024": dataclasses.replace(TINY, image_size=1024)}
 SAM_STAGES = ("encoder", "decoder", "amg_postprocess")
@@ -358,7 +359,7 @@ def main() -> None:
             "classifier": "ResNet-50 + hue attention, random weights, 224 px crops",
             "fast_encoder": "bf16 autocast on CUDA, fp32 on CPU; fused attention"
             + ("; torch.compile" if args.compile else ""),
-            "weights": "random (no Meta weights here); masks from lisegagr_core.segment_oracle",
+            "weights": "random (no Meta weights here); masks from lisegagr_core.standins.oracle",
         },
         "models": {},
     }

@@ -27,7 +27,7 @@ from flows.region import map_region, task_runner
 from flows.server import prefect_server
 from lisegagr_core.config import EngineConfig, RefineSettings, RegionConfig, RoundSettings
 from lisegagr_core.run import plan_run, run_region
-from lisegagr_core.source_specs import GroundTruthSpec
+from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
 ORIGIN = Affine(1.0, 0.0, 256 * 1953, 0.0, -1.0, 256 * 17578)
 

@@ -96,7 +96,7 @@ class ProceduralTruth:
         return {"kind": "benchmark"}
 
     def build(self, tile, amg, transform):  # type: ignore[no-untyped-def]
-        from lisegagr_core.sources import GroundTruthMaskSource
+        from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 
         truth = np.zeros((tile.size, tile.size), np.int64)
         truth[tile.tile_slices(tile.read)] = truth_window(tile.read, self.size)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _machine import machine
 
-from lisegagr_core.models import resolve_device
+from lisegagr_core.devices import resolve_device
 from lisegagr_core.training import (
     TrainConfig,
     find_annotated_images,

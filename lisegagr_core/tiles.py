@@ -181,13 +181,3 @@ def _tile_result(
         instances=instances,
         seconds=seconds,
     )
-
-
-def tile_truth(truth: NDArray[np.integer], spec: TileSpec) -> NDArray[np.int64]:
-    """A region-wide instance raster cut to a tile (padding 0): what a ground-truth source sees.
-
-    truth: (H, W) integer ids over the output grid. Returns (T, T) int64.
-    """
-    out = np.zeros((spec.size, spec.size), np.int64)
-    out[spec.tile_slices(spec.read)] = truth[spec.read.toslices()]
-    return out

@@ -9,8 +9,8 @@ import rasterio
 from affine import Affine
 
 from lisegagr_core.rasters import open_rasters
-from lisegagr_core.source_specs import GroundTruthSpec
-from lisegagr_core.synthetic import make_farmland_scene
+from lisegagr_core.standins.farmland import make_farmland_scene
+from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
 # On a multiple of 256 m, so 256-px tiles on the anchored grid are exactly the file's blocks.
 ORIGIN = Affine(1.0, 0.0, 256 * 1953, 0.0, -1.0, 256 * 17578)

@@ -7,7 +7,7 @@ from lisegagr_core.config import EngineConfig, RefineSettings, RoundSettings
 from lisegagr_core.engine import iterative_rounds, merge_rounds, segment_image
 from lisegagr_core.masks import partition
 from lisegagr_core.metrics import score_partition
-from lisegagr_core.sources import GroundTruthMaskSource
+from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 from lisegagr_core.whitening import unsegmented_fraction, whiten
 
 from .naip import naip_names, naip_scene

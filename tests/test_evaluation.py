@@ -27,7 +27,7 @@ from lisegagr_core.evaluation import (
 )
 from lisegagr_core.export import write_instance_table, write_label_raster
 from lisegagr_core.single_image import segment_file
-from lisegagr_core.sources import GroundTruthMaskSource
+from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 
 from .naip import naip_names, naip_polygons, naip_scene
 

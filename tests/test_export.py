@@ -26,7 +26,7 @@ from lisegagr_core.export import (
     write_overlay_png,
 )
 from lisegagr_core.imagery import read_image
-from lisegagr_core.synthetic import make_farmland_scene
+from lisegagr_core.standins.farmland import make_farmland_scene
 
 
 def _blocky_labels() -> np.ndarray:

@@ -1,7 +1,7 @@
 """The fast mask generator against segment_anything's own, and the fused, bf16 encoder.
 
 The SAM under test is the real architecture (`tiny`) with its mask heads answering from the
-image's colour segments (`segment_oracle`): random weights alone let no mask through the
+image's colour segments (`standins.oracle`): random weights alone let no mask through the
 paper's filters, so without the oracle an equivalence test at real thresholds would compare
 two empty lists.
 """
@@ -17,15 +17,16 @@ from rasterio.windows import Window
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 
+from lisegagr_core.architectures import TINY, TINY_MODEL_NAME
 from lisegagr_core.config import AmgSettings, EngineConfig
 from lisegagr_core.encoder import FusedImageEncoder, ImageEncoder
 from lisegagr_core.engine import segment_image, segment_images
 from lisegagr_core.fast_amg import FastMaskGenerator
 from lisegagr_core.masks import MaskSet
-from lisegagr_core.models import TINY, TINY_MODEL_NAME, LoadedSam, build_tiny_sam
-from lisegagr_core.segment_oracle import install_segment_oracle
+from lisegagr_core.models import LoadedSam, build_tiny_sam
 from lisegagr_core.sources import SamMaskSource
-from lisegagr_core.synthetic import make_farmland_scene
+from lisegagr_core.standins.farmland import make_farmland_scene
+from lisegagr_core.standins.oracle import install_segment_oracle
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import pytest
 from flows.region import map_region, task_runner
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.run import RunManifest, plan_run
-from lisegagr_core.source_specs import GroundTruthSpec, SourceSpec
+from lisegagr_core.source_specs import SourceSpec
+from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
 from .flow_helpers import corrupt_block, write_scene
 from .test_s3 import _bucket, aws_env, s3_endpoint  # noqa: F401  (fixtures)
@@ -178,7 +179,7 @@ import sys
 from flows.region import map_region, task_runner
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.run import plan_run
-from lisegagr_core.source_specs import GroundTruthSpec
+from lisegagr_core.standins.ground_truth import GroundTruthSpec
 if __name__ == "__main__":
     imagery, truth, out = sys.argv[1:4]
     run = plan_run([imagery], out, RegionConfig(core=256, halo=0), GroundTruthSpec(truth))
@@ -277,7 +278,7 @@ def test_new_imagery_in_the_folder_computes_only_the_tiles_it_touches(tmp_path: 
     import rasterio
     from affine import Affine
 
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     from .flow_helpers import ORIGIN
 

@@ -37,7 +37,7 @@ def readme_rows() -> dict[str, tuple[int, str]]:
 
 
 def _scene(folder: Path) -> Path:
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     path = folder / "scene.tif"
     write_georeferenced_scene(path, make_farmland_scene(256, seed=1))

@@ -4,7 +4,7 @@ from lisegagr_core.config import EngineConfig, RefineSettings
 from lisegagr_core.engine import segment_image
 from lisegagr_core.masks import MaskSet
 from lisegagr_core.refine import colour_entropy, edge_ratio, find_under_segmented
-from lisegagr_core.sources import GroundTruthMaskSource
+from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 
 H, W = 160, 240
 

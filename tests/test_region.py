@@ -21,8 +21,8 @@ from lisegagr_core.grid import TileGrid, TileSpec
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.rasters import open_rasters
 from lisegagr_core.run import RunManifest, TileStatus, run_region
-from lisegagr_core.source_specs import GroundTruthSpec
 from lisegagr_core.sources import MaskSource
+from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
 from .flow_helpers import truth_spec
 from .naip import naip_names, naip_scene
@@ -123,7 +123,7 @@ def test_a_mosaic_of_several_rasters_equals_the_single_raster(naip_mosaic, tmp_p
 
 
 def test_zarr_and_geoparquet_are_georeferenced_and_line_up(tmp_path: Path) -> None:
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(640, seed=3)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -150,7 +150,7 @@ def test_zarr_and_geoparquet_are_georeferenced_and_line_up(tmp_path: Path) -> No
 
 
 def test_rerun_computes_nothing_and_a_changed_setting_recomputes(tmp_path: Path) -> None:
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=1)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -169,7 +169,7 @@ def test_rerun_computes_nothing_and_a_changed_setting_recomputes(tmp_path: Path)
 
 
 def test_nodata_is_never_segmented_and_stays_zero(tmp_path: Path) -> None:
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=2)
     rgb = scene.rgb.copy()
@@ -211,7 +211,7 @@ class _FailingTruth(GroundTruthSpec):
 def test_a_failed_tile_is_recorded_and_left_as_nodata(tmp_path: Path) -> None:
     import json
 
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=4)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -298,7 +298,7 @@ def test_a_classifier_fills_scores_and_classes_that_agree_and_alone_recomputes(
     import torch
 
     from lisegagr_core.classify import ClassifierConfig, build_classifier, save_classifier
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=6)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -337,7 +337,7 @@ def test_the_mosaic_opens_in_xarray_with_nodata_masked_and_unclassified_apart(
     import json
     import warnings
 
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(512, seed=2)
     rgb = scene.rgb.copy()
@@ -365,7 +365,7 @@ def test_the_mosaic_covers_exactly_the_imagery_and_its_cogs_open_in_gdal(tmp_pat
     (partial tiles at its edges), and COGs identical to it."""
     from lisegagr_core.mosaic import open_mosaic, read_window
     from lisegagr_core.run.export import export_cogs
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(320, seed=5)
     rgb = np.ascontiguousarray(scene.rgb[:260])
@@ -406,7 +406,7 @@ def test_a_grown_region_keeps_its_old_tiles_and_a_box_maps_part_of_it(tmp_path: 
     """More imagery beside a mapped scene: the tiles it does not touch keep their keys and
     hashes (cached); the mosaic grows to the new extent. `bbox` maps only a box, on the same
     lattice (the same keys)."""
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(640, seed=8)
     truth = scene.instances.astype(np.int64)
@@ -447,7 +447,7 @@ def test_a_grown_region_keeps_its_old_tiles_and_a_box_maps_part_of_it(tmp_path: 
 def test_geoparquet_has_one_schema_whether_fields_are_found_or_not(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=7)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -468,7 +468,7 @@ def test_geojson_export_is_wgs84_per_rfc_7946_and_other_formats_keep_the_crs(
     from typer.testing import CliRunner
 
     from lisegagr.cli import app
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=7)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -488,7 +488,7 @@ def test_gdal_zarr_driver_reads_the_mosaic_where_it_supports_zarr_v3(tmp_path: P
     mosaic must come with its nodata. Until then `export --format cog` is the GIS route."""
     from rasterio.errors import RasterioIOError
 
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=7)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
@@ -513,7 +513,7 @@ def test_each_tile_is_read_once_and_a_cached_tile_is_never_super_resolved(
 
     from lisegagr_core.classify import ClassifierConfig, build_classifier, save_classifier
     from lisegagr_core.rasters import RasterSet
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=9)
     path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)

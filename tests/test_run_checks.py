@@ -23,7 +23,7 @@ TINY = ["--model", "tiny", "--device", "cpu"]
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Path:
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     path = tmp_path / "scene.tif"
     write_georeferenced_scene(path, make_farmland_scene(400, seed=1))
@@ -345,3 +345,22 @@ def test_segment_reads_the_bands_asked_for(tmp_path: Path) -> None:
     two = runner.invoke(app, ["segment", str(image), "-o", str(out), "--bands", "4,3", *fast])
     assert two.exit_code == 2
     assert "--bands takes one band (grey) or three" in _error_line(two.output)
+
+
+@pytest.mark.parametrize(
+    ("box", "expected"),
+    [
+        ("1,2,3", "--bbox takes minx,miny,maxx,maxy (min < max), not '1,2,3'"),
+        ("5,5,1,1", "--bbox takes minx,miny,maxx,maxy (min < max)"),
+        ("0,0,10,10", "lies outside the rasters"),
+    ],
+)
+def test_run_bbox_is_checked_before_any_work(
+    scene: Path, tmp_path: Path, box: str, expected: str
+) -> None:
+    result = runner.invoke(
+        app, ["run", str(scene), "--out", str(tmp_path / "o"), "--bbox", box, *TINY]
+    )
+    assert result.exit_code == 2, result.output
+    assert expected in _error_line(result.output)
+    assert "prefect:" not in result.output and not (tmp_path / "o").exists()

@@ -94,7 +94,7 @@ def _bucket(name: str) -> object:
 def test_run_reads_a_geotiff_from_a_bucket_and_writes_the_zarr_to_a_bucket(
     aws_env: str, tmp_path: Path
 ) -> None:
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     scene_path = tmp_path / "scene.tif"
     write_georeferenced_scene(scene_path, make_farmland_scene(320, seed=5))

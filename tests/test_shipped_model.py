@@ -120,7 +120,7 @@ def test_demo_prints_the_scores_of_its_own_run(tmp_path: Path) -> None:
 
     from lisegagr.cli import app
     from lisegagr_core.mosaic import open_mosaic, read_window
-    from lisegagr_core.synthetic import make_farmland_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene
 
     size = 640
     args = ["demo", "-o", str(tmp_path), "--size", str(size), "--workers", "1", "--seed", "3"]

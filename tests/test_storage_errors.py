@@ -21,7 +21,7 @@ TINY = ["--model", "tiny", "--device", "cpu"]
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Path:
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     path = tmp_path / "scene.tif"
     write_georeferenced_scene(path, make_farmland_scene(128, seed=1))
@@ -167,7 +167,7 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
     from lisegagr_core.config import RegionConfig
     from lisegagr_core.run import run_region
     from lisegagr_core.run.export import export_cogs
-    from lisegagr_core.synthetic import make_farmland_scene, write_georeferenced_scene
+    from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     from .flow_helpers import truth_spec
     from .test_s3 import _moto_server

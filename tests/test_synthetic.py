@@ -8,7 +8,11 @@ import pytest
 from skimage.measure import label as label_regions
 
 from lisegagr_core.imagery import read_image
-from lisegagr_core.synthetic import SyntheticScene, make_farmland_scene, write_georeferenced_scene
+from lisegagr_core.standins.farmland import (
+    SyntheticScene,
+    make_farmland_scene,
+    write_georeferenced_scene,
+)
 
 
 @cache
