@@ -136,6 +136,17 @@ def killed_run(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     return runner.invoke(app, ["status", str(tmp / "o")])
 
 
+def box_outside(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--bbox", "0,0,10,10", *TINY]
+    return runner.invoke(app, args)
+
+
+def older_output(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    (tmp / "o").mkdir()
+    (tmp / "o" / "manifest.json").write_text(json.dumps({"model": "vit_b", "tiles": {}}))
+    return runner.invoke(app, ["resume", str(tmp / "o")])
+
+
 CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "the output folder lies under a file": output_under_a_file,
     "no S3 credentials are set": no_credentials,
@@ -143,11 +154,13 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "a source raster is missing": missing_source,
     "a source GeoTIFF is truncated": truncated_source,
     "`--bands` names two bands": two_bands,
+    "`--bbox` misses the imagery": box_outside,
     "the config has the `segment` layout": segment_layout,
     "another run is writing the output": another_run,
     "the output holds another region's map": another_region,
     "two images have the same name": same_names,
     "a run was killed (`kill -9`, OOM)": killed_run,
+    "the output was written by an older lisegagr": older_output,
 }
 
 
