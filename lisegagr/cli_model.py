@@ -100,6 +100,13 @@ def train(
         float | None, typer.Option(help="Share of images held out for validation (0.2).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split and the training.")] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from this model (a name in weights/manifest.json or a .pt "
+            "path) instead of random weights; its input size may differ from --input-size."
+        ),
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None,
         typer.Option(help="Where checkpoints go (default: out/training/NAME)."),
@@ -138,6 +145,7 @@ def train(
         "batch_size": batch_size,
         "val_fraction": val_fraction,
         "seed": seed,
+        "init_from": init_from,
     }
     checkpoints = checkpoint_dir or Path("out") / "training" / name
     _set_threads(threads)

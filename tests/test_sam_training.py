@@ -17,16 +17,18 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform as reproject_points
+from segment_anything.modeling import Sam
+from segment_anything.modeling.image_encoder import get_rel_pos
 from typer.testing import CliRunner
 
 from lisegagr.cli import app
-from lisegagr_core.architectures import TINY
+from lisegagr_core.architectures import TINY, SamArchitecture
 from lisegagr_core.config import AmgSettings, EngineConfig
 from lisegagr_core.engine import segment_image
 from lisegagr_core.errors import InputError
 from lisegagr_core.imagery import resize_labels, resize_to_working_size
 from lisegagr_core.metrics import score_partition
-from lisegagr_core.models import build_tiny_sam, clear_model_cache, load_sam
+from lisegagr_core.models import LoadedSam, build_sam, build_tiny_sam, clear_model_cache, load_sam
 from lisegagr_core.progress import ProgressUpdate
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training import (
@@ -48,6 +50,7 @@ from lisegagr_core.training import (
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.objective import decode_prompts, prompt_loss
 from lisegagr_core.training.prompts import interior_pixels, prompt_targets, sample_prompts
+from lisegagr_core.training.warm_start import warm_start
 from lisegagr_core.weights import Manifest, sha256_file
 from tests.naip import naip_names
 
@@ -492,6 +495,87 @@ def test_resume_refuses_a_checkpoint_of_other_settings(
         )
 
 
+# --- fine-tuning from a trained model ---------------------------------------------------------
+
+
+def _loaded(sam: Sam, arch: SamArchitecture) -> LoadedSam:
+    return LoadedSam("source", sam, torch.device("cpu"), "0" * 64, arch, {}, "file")
+
+
+def test_warm_start_copies_weights_and_resizes_positional_tables_as_segment_anything_would() -> (
+    None
+):
+    larger = dataclasses.replace(TINY_128, image_size=192)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        source_128 = build_sam(TINY_128)
+        torch.nn.init.normal_(source_128.image_encoder.pos_embed)  # SAM starts it at zero
+        target = build_sam(larger)
+
+    warm_start(target, _loaded(source_128, TINY_128))
+
+    before, after = source_128.state_dict(), target.state_dict()
+    for key, tensor in after.items():
+        if "pos_embed" not in key and "rel_pos" not in key:
+            assert torch.equal(tensor, before[key]), key
+    assert after["image_encoder.pos_embed"].shape == (1, 12, 12, 64)
+    assert not torch.equal(after["image_encoder.pos_embed"], torch.zeros(1, 12, 12, 64))
+    # the global-attention block's table, as segment_anything's get_rel_pos reads the original
+    table = "image_encoder.blocks.1.attn.rel_pos_h"
+    assert after[table].shape[0] == 2 * 12 - 1 != before[table].shape[0]
+    assert torch.allclose(get_rel_pos(12, 12, after[table]), get_rel_pos(12, 12, before[table]))
+    # windowed blocks keep their tables unchanged
+    assert torch.equal(
+        after["image_encoder.blocks.0.attn.rel_pos_h"],
+        before["image_encoder.blocks.0.attn.rel_pos_h"],
+    )
+
+
+def test_warm_start_refuses_a_model_of_another_width_in_one_sentence() -> None:
+    wider = dataclasses.replace(TINY_128, encoder_embed_dim=96, encoder_num_heads=2)
+
+    with pytest.raises(
+        InputError, match=r"source \(.*\) cannot start this training: .* only the input"
+    ):
+        warm_start(build_sam(TINY_128), _loaded(build_sam(wider), wider))
+
+
+@pytest.mark.shared_data
+def test_fine_tuning_starts_from_the_named_model_at_another_input_size(
+    trained: TrainingResult, naip_via: Path, tmp_path: Path
+) -> None:
+    at_160 = load_training_set(naip_via, 160, val_fraction=0.25, seed=0)
+    register_model(
+        trained.model_path.parent / "manifest.json", trained.model_path, trained.architecture
+    )
+    config = tiny_config(
+        architecture=dataclasses.replace(TINY_128, image_size=160).to_dict(),
+        steps=1,
+        lr=1e-12,
+        val_every=1,
+        init_from=str(trained.model_path),
+    )
+
+    tuned = train_sam(at_160, tmp_path / "tuned.pt", config)
+    scratch = train_sam(
+        at_160, tmp_path / "scratch.pt", config.model_copy(update={"init_from": None})
+    )
+
+    source, weights = _weights(trained), _weights(tuned)
+    decoder = "mask_decoder.output_upscaling.0.weight"
+    assert torch.equal(weights[decoder], source[decoder])
+    assert not torch.equal(_weights(scratch)[decoder], source[decoder])
+    assert weights["image_encoder.pos_embed"].shape[1] == 10
+    # starting from a trained model, the first validation is already better than from scratch
+    assert tuned.history.validation[0]["loss"] < scratch.history.validation[0]["loss"]
+    summary = json.loads(tuned.summary_path.read_text())
+    assert summary["initialised_from"]["sha256"] == sha256_file(trained.model_path)
+    assert summary["config"]["init_from"] == str(trained.model_path)
+    assert "trained starting from fields-test (project-trained" in tuned.card_path.read_text()
+    assert json.loads(scratch.summary_path.read_text())["initialised_from"] is None
+    assert "trained from scratch" in scratch.card_path.read_text()
+
+
 @pytest.mark.shared_data
 def test_evaluation_scores_the_three_pipelines(trained: TrainingResult, naip_via: Path) -> None:
     weights_dir = trained.model_path.parent
@@ -616,6 +700,19 @@ def test_cli_says_in_one_sentence_when_there_is_nothing_to_train_on(tmp_path: Pa
     assert result.exit_code == 2
     assert "no annotated images found" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.shared_data
+def test_cli_says_in_one_sentence_when_the_model_to_start_from_is_unknown(
+    naip_via: Path, tmp_path: Path
+) -> None:
+    arguments = ["model", "train", str(naip_via), "-o", str(tmp_path / "m.pt"), "--device", "cpu"]
+
+    result = runner.invoke(app, [*arguments, "--arch", "tiny", "--init-from", "no-such-model"])
+
+    assert result.exit_code == 2
+    assert "'no-such-model' is neither a model name" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m.pt").exists()
 
 
 def test_pooled_scores_count_merged_and_split_fields_over_the_images() -> None:

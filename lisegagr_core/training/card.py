@@ -43,8 +43,10 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
         "",
         "**This is not Meta's Segment Anything model.** It has the `segment_anything` `Sam` "
         "architecture (a small windowed ViT image encoder, SAM's prompt encoder and mask "
-        "decoder), but its weights were trained from scratch by this project "
-        "(`lisegagr model train`) on the data below, for mapping agricultural fields only.",
+        "decoder), but its weights were trained "
+        + _origin(summary.get("initialised_from"))
+        + " by this project (`lisegagr model train`) on the data below, for mapping "
+        "agricultural fields only.",
         "",
         "## Model",
         "",
@@ -108,6 +110,13 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
         "",
     ]
     return "\n".join(lines)
+
+
+def _origin(initialised_from: Mapping[str, str] | None) -> str:
+    """How the weights started: from scratch, or fine-tuned from a named model."""
+    if not initialised_from:
+        return "from scratch"
+    return f"starting from {initialised_from['description']}"
 
 
 def _count(number: int, noun: str) -> str:

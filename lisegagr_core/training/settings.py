@@ -118,6 +118,10 @@ class TrainConfig(_Settings):
     device: str | None = None
     """cpu, cuda or cuda:N; None: CUDA when available, else the CPU."""
     augment: AugmentSettings = AugmentSettings()
+    init_from: str | None = None
+    """Start from this trained SAM (a manifest name or a state-dict path) instead of random
+    weights: fine-tuning. It must have the architecture's widths and depths; its input size may
+    differ (positional tables are resized)."""
 
     @field_validator("architecture")
     @classmethod

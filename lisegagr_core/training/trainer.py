@@ -31,7 +31,7 @@ from segment_anything.modeling import Sam
 from lisegagr_core.architectures import SamArchitecture
 from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import build_sam
+from lisegagr_core.models import build_sam, load_sam, model_description
 from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.card import write_model_card
@@ -40,7 +40,8 @@ from lisegagr_core.training.machine import device_name, machine
 from lisegagr_core.training.objective import LossTerms, decode_prompts, prompt_loss
 from lisegagr_core.training.prompts import prompt_targets, sample_prompts
 from lisegagr_core.training.settings import TrainConfig
-from lisegagr_core.weights import sha256_file
+from lisegagr_core.training.warm_start import warm_start
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def train_sam(
     if sizes != {arch.image_size}:
         raise ValueError(f"images are {sorted(sizes)} px but the model takes {arch.image_size}")
     sam = initial_model(arch, config.seed).to(device).train()
+    initialised_from = _warm_start_from(config, sam)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_images, train_labels = stack_training_images(dataset.train, device)
     val_images, val_labels = stack_training_images(dataset.validation, device)
@@ -179,8 +181,34 @@ def train_sam(
         raise
     seconds = time.perf_counter() - started
     return _write_outputs(
-        sam, output, config, dataset, split, history, seconds, device, data_description
+        sam,
+        output,
+        config,
+        dataset,
+        split,
+        history,
+        seconds,
+        device,
+        data_description,
+        initialised_from,
     )
+
+
+def _warm_start_from(config: TrainConfig, sam: Sam) -> dict[str, str] | None:
+    """Load `config.init_from` into `sam`; what it was, for the summary (None: from scratch)."""
+    if config.init_from is None:
+        return None
+    # A path is read with the manifest beside it (which names a project model's architecture).
+    path = Path(config.init_from)
+    weights_dir = path.parent if path.is_file() else DEFAULT_WEIGHTS_DIR
+    source = load_sam(config.init_from, weights_dir=weights_dir, device="cpu")
+    warm_start(sam, source)
+    log.info("starting from %s", model_description(source))
+    return {
+        "name": source.name,
+        "sha256": source.checkpoint_sha256,
+        "description": model_description(source),
+    }
 
 
 def _write_outputs(
@@ -193,6 +221,7 @@ def _write_outputs(
     seconds: float,
     device: torch.device,
     data_description: str | None,
+    initialised_from: dict[str, str] | None = None,
 ) -> TrainingResult:
     """Save the fp16 model, its summary JSON and its model card; describe them."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +239,9 @@ def _write_outputs(
         history=history,
         validation_names=tuple(split["validation"]),
     )
-    summary = _summary(result, sam, config, dataset, split, device, data_description)
+    summary = _summary(
+        result, sam, config, dataset, split, device, data_description, initialised_from
+    )
     result.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     write_model_card(summary, result.card_path)
     log.info("saved %s (%d bytes, sha256 %s) in %.0f s", output, size, sha256[:12], seconds)
@@ -473,6 +504,7 @@ def _summary(
     split: dict[str, list[str]],
     device: torch.device,
     data_description: str | None,
+    initialised_from: dict[str, str] | None,
 ) -> dict[str, Any]:
     """The JSON record of a finished run (also the model card's source)."""
     final = result.history.validation[-1] if result.history.validation else None
@@ -485,6 +517,7 @@ def _summary(
         "parameters": sum(p.numel() for p in sam.parameters()),
         "architecture": result.architecture.to_dict(),
         "config": config.model_dump(mode="json"),
+        "initialised_from": initialised_from,
         "data": {
             "source": dataset.source,
             "description": data_description,
