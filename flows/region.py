@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 #: Where a local cluster's dashboard listens: loopback, a free port.
 DASHBOARD_ADDRESS = "127.0.0.1:0"
+# set-up of local workers: no traceback when a run's own scheduler closes (flows/local_worker.py)
+LOCAL_WORKER_PRELOAD = "flows.local_worker"
 
 #: Called with each tile's status as it finishes (progress bars).
 TileCallback = Callable[[TileStatus], None]
@@ -116,6 +118,7 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
                     "resources": GPU,
                     "threads_per_worker": 2,
                     "dashboard_address": DASHBOARD_ADDRESS,
+                    "preload": [LOCAL_WORKER_PRELOAD],
                 },
             )
         except ImportError:
@@ -130,6 +133,7 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
             "resources": GPU,
             # a free loopback port: no "port 8787 is in use" warning, nothing on 0.0.0.0
             "dashboard_address": DASHBOARD_ADDRESS,
+            "preload": [LOCAL_WORKER_PRELOAD],
         },
     )
 

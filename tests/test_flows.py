@@ -597,3 +597,24 @@ def test_both_executors_make_the_same_map_and_either_output_resumes(tmp_path: Pa
     assert after.counts["computed"] == 1 and after.counts["cached"] == len(after.tiles) - 1
     again = xr.open_zarr(tmp_path / "local" / "mosaic.zarr", mask_and_scale=False)
     np.testing.assert_array_equal(again["labels"].values, mosaics[1]["labels"].values)
+
+
+def _worker_keeps(message: str) -> bool:
+    """Whether a local worker's logger lets an ERROR record with `message` through."""
+    import logging
+
+    logger = logging.getLogger("distributed.worker")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, message, (), None)
+    return bool(logger.filter(record))
+
+
+def test_local_workers_drop_only_the_heartbeat_failure_of_a_closing_scheduler() -> None:
+    from distributed import Client, LocalCluster
+
+    kwargs = {**task_runner(workers=1).cluster_kwargs, "n_workers": 1}
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        kept = client.run(_worker_keeps, "Failed to communicate with scheduler during heartbeat.")
+        other = client.run(_worker_keeps, "Compute Failed")
+
+    assert list(kept.values()) == [False]
+    assert list(other.values()) == [True]
