@@ -134,7 +134,13 @@ def train(
 
     Ctrl-C or SIGTERM saves a checkpoint; the same command then resumes from it.
     """
-    from lisegagr_core.training import load_train_config, load_training_set, train_sam
+    from lisegagr_core.training import (
+        load_train_config,
+        load_training_set,
+        train_sam,
+        with_source_architecture,
+    )
+    from lisegagr_core.training.warm_start import load_source
 
     name = output.stem
     overrides: dict[str, Any] = {
@@ -152,7 +158,7 @@ def train(
     try:
         if output.suffix not in (".pt", ".pth"):
             raise fail(f"{output}: the model file must end in .pt or .pth.")
-        train_config = load_train_config(config, overrides)
+        train_config = with_source_architecture(load_train_config(config, overrides))
         dataset = load_training_set(
             data,
             train_config.sam_architecture().image_size,
@@ -193,7 +199,9 @@ def train(
     if not register:
         return
     try:
-        _register(output, name, result.architecture, None, make_default, data)
+        # a fine-tuned model keeps the AMG settings tuned for its source until it is tuned itself
+        inherited = load_source(train_config.init_from).settings if train_config.init_from else None
+        _register(output, name, result.architecture, inherited, make_default, data)
         out.print(f"registered {name} in {output.parent / MANIFEST_NAME}")
         if tune and result.validation_names:
             _evaluate_and_record(

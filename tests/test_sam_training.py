@@ -46,6 +46,7 @@ from lisegagr_core.training import (
     register_model,
     split_by_image,
     train_sam,
+    with_source_architecture,
 )
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.objective import decode_prompts, prompt_loss
@@ -574,6 +575,49 @@ def test_fine_tuning_starts_from_the_named_model_at_another_input_size(
     assert "trained starting from fields-test (project-trained" in tuned.card_path.read_text()
     assert json.loads(scratch.summary_path.read_text())["initialised_from"] is None
     assert "trained from scratch" in scratch.card_path.read_text()
+
+
+@pytest.mark.shared_data
+def test_fine_tuning_keeps_the_source_architecture_unless_one_is_named(
+    trained: TrainingResult,
+) -> None:
+    register_model(
+        trained.model_path.parent / "manifest.json", trained.model_path, trained.architecture
+    )
+    source = str(trained.model_path)
+
+    plain = with_source_architecture(TrainConfig(init_from=source))
+    finer = with_source_architecture(TrainConfig(init_from=source, input_size=160))
+    named = with_source_architecture(TrainConfig(init_from=source, architecture="tiny"))
+
+    assert plain.sam_architecture() == trained.architecture == TINY_128
+    assert finer.sam_architecture() == dataclasses.replace(TINY_128, image_size=160)
+    assert named.sam_architecture() == TINY
+    assert with_source_architecture(TrainConfig()).architecture == "fields-512"
+
+
+@pytest.mark.shared_data
+def test_cli_fine_tunes_and_registers_the_source_settings_until_tuned(
+    trained: TrainingResult, naip_via: Path, tmp_path: Path
+) -> None:
+    settings = {"points_per_side": 4, "pred_iou_thresh": 0.3}
+    register_model(
+        trained.model_path.parent / "manifest.json",
+        trained.model_path,
+        trained.architecture,
+        settings=settings,
+    )
+    output = tmp_path / "tuned.pt"
+    arguments = ["model", "train", str(naip_via), "-o", str(output), "--device", "cpu"]
+
+    result = runner.invoke(
+        app,
+        [*arguments, "--init-from", str(trained.model_path), "--steps", "1", "--no-tune"],
+    )
+
+    assert result.exit_code == 0, result.output
+    entry = Manifest.load(tmp_path / "manifest.json").entries["tuned"]
+    assert entry.architecture == TINY_128 and entry.settings == settings
 
 
 @pytest.mark.shared_data

@@ -52,6 +52,7 @@ from lisegagr_core.training.trainer import (
     train_step,
     validate,
 )
+from lisegagr_core.training.warm_start import warm_start, with_source_architecture
 
 __all__ = [
     "FIELDS_256_CPU",
@@ -89,6 +90,8 @@ __all__ = [
     "train_sam",
     "train_step",
     "validate",
+    "warm_start",
+    "with_source_architecture",
     "write_evaluation",
     "write_model_card",
 ]

@@ -31,7 +31,7 @@ from segment_anything.modeling import Sam
 from lisegagr_core.architectures import SamArchitecture
 from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import build_sam, load_sam, model_description
+from lisegagr_core.models import build_sam, model_description
 from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.card import write_model_card
@@ -40,8 +40,8 @@ from lisegagr_core.training.machine import device_name, machine
 from lisegagr_core.training.objective import LossTerms, decode_prompts, prompt_loss
 from lisegagr_core.training.prompts import prompt_targets, sample_prompts
 from lisegagr_core.training.settings import TrainConfig
-from lisegagr_core.training.warm_start import warm_start
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, sha256_file
+from lisegagr_core.training.warm_start import load_source, warm_start, with_source_architecture
+from lisegagr_core.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def train_sam(
     "training", with the latest losses as its status).
     """
     device = resolve_device(config.device)
+    config = with_source_architecture(config)
     arch = config.sam_architecture()
     if not dataset.train:
         raise InputError(f"{dataset.source}: no images are left for training.")
@@ -198,10 +199,7 @@ def _warm_start_from(config: TrainConfig, sam: Sam) -> dict[str, str] | None:
     """Load `config.init_from` into `sam`; what it was, for the summary (None: from scratch)."""
     if config.init_from is None:
         return None
-    # A path is read with the manifest beside it (which names a project model's architecture).
-    path = Path(config.init_from)
-    weights_dir = path.parent if path.is_file() else DEFAULT_WEIGHTS_DIR
-    source = load_sam(config.init_from, weights_dir=weights_dir, device="cpu")
+    source = load_source(config.init_from)
     warm_start(sam, source)
     log.info("starting from %s", model_description(source))
     return {

@@ -14,16 +14,36 @@ tensor, is refused: warm starts across widths or depths are not fine-tuning.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from lisegagr_core.errors import InputError
-from lisegagr_core.models import LoadedSam, model_description
+from lisegagr_core.models import LoadedSam, load_sam, model_description
+from lisegagr_core.training.settings import TrainConfig
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 _POS_EMBED = "image_encoder.pos_embed"
 _REL_POS_SUFFIXES = (".attn.rel_pos_h", ".attn.rel_pos_w")
+
+
+def load_source(init_from: str) -> LoadedSam:
+    """The model to start from, on the CPU: a manifest name, or a path read with the manifest
+    beside it (which names a project model's architecture)."""
+    path = Path(init_from)
+    weights_dir = path.parent if path.is_file() else DEFAULT_WEIGHTS_DIR
+    return load_sam(init_from, weights_dir=weights_dir, device="cpu")
+
+
+def with_source_architecture(config: TrainConfig) -> TrainConfig:
+    """`config`, fine-tuning in the architecture of the model it starts from unless it names
+    one itself (an `input_size` still applies)."""
+    if config.init_from is None or "architecture" in config.model_fields_set:
+        return config
+    architecture = load_source(config.init_from).architecture.to_dict()
+    return TrainConfig.model_validate({**config.model_dump(), "architecture": architecture})
 
 
 def warm_start(sam: Sam, source: LoadedSam) -> None:
