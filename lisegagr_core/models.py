@@ -337,6 +337,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # not a pickle at all: text, an image, ...
+            raise WeightsError(
+                f"{shown} is not a PyTorch checkpoint (torch.load cannot read it)"
+            ) from err
         raise WeightsError(
             f"{shown} holds objects other than plain tensors, which lisegagr does not unpickle; "
             "save the model's state_dict() with torch.save"

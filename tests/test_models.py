@@ -184,6 +184,14 @@ def test_file_without_state_dict_raises_weights_error(tmp_path: Path, content: o
         load_sam(str(path), device="cpu")
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("# not a model\n")
+
+    with pytest.raises(WeightsError, match=r"notes.pt is not a PyTorch checkpoint"):
+        load_sam(str(path), device="cpu")
+
+
 class _RunsCodeWhenUnpickled:
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (print, ("unpickling ran code",))
