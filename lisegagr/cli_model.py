@@ -140,7 +140,6 @@ def train(
         train_sam,
         with_source_architecture,
     )
-    from lisegagr_core.training.warm_start import load_source
 
     name = output.stem
     overrides: dict[str, Any] = {
@@ -200,7 +199,7 @@ def train(
         return
     try:
         # a fine-tuned model keeps the AMG settings tuned for its source until it is tuned itself
-        inherited = load_source(train_config.init_from).settings if train_config.init_from else None
+        inherited = result.initialised_from["settings"] if result.initialised_from else None
         _register(output, name, result.architecture, inherited, make_default, data)
         out.print(f"registered {name} in {output.parent / MANIFEST_NAME}")
         if tune and result.validation_names:

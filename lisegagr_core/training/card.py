@@ -112,7 +112,7 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
     return "\n".join(lines)
 
 
-def _origin(initialised_from: Mapping[str, str] | None) -> str:
+def _origin(initialised_from: Mapping[str, Any] | None) -> str:
     """How the weights started: from scratch, or fine-tuned from a named model."""
     if not initialised_from:
         return "from scratch"

@@ -83,6 +83,8 @@ class TrainingResult:
     seconds: float
     history: TrainingHistory
     validation_names: tuple[str, ...]
+    initialised_from: dict[str, Any] | None = None
+    """The model it started from (name, sha256, description, its recorded AMG settings)."""
 
 
 def summary_path_of(model_path: Path) -> Path:
@@ -195,17 +197,19 @@ def train_sam(
     )
 
 
-def _warm_start_from(config: TrainConfig, sam: Sam) -> dict[str, str] | None:
+def _warm_start_from(config: TrainConfig, sam: Sam) -> dict[str, Any] | None:
     """Load `config.init_from` into `sam`; what it was, for the summary (None: from scratch)."""
     if config.init_from is None:
         return None
     source = load_source(config.init_from)
     warm_start(sam, source)
-    log.info("starting from %s", model_description(source))
+    description = model_description(source)
+    log.info("starting from %s", description)
     return {
         "name": source.name,
         "sha256": source.checkpoint_sha256,
-        "description": model_description(source),
+        "description": description,
+        "settings": dict(source.settings),
     }
 
 
@@ -219,7 +223,7 @@ def _write_outputs(
     seconds: float,
     device: torch.device,
     data_description: str | None,
-    initialised_from: dict[str, str] | None = None,
+    initialised_from: dict[str, Any] | None,
 ) -> TrainingResult:
     """Save the fp16 model, its summary JSON and its model card; describe them."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +240,7 @@ def _write_outputs(
         seconds=seconds,
         history=history,
         validation_names=tuple(split["validation"]),
+        initialised_from=initialised_from,
     )
     summary = _summary(
         result, sam, config, dataset, split, device, data_description, initialised_from
@@ -502,7 +507,7 @@ def _summary(
     split: dict[str, list[str]],
     device: torch.device,
     data_description: str | None,
-    initialised_from: dict[str, str] | None,
+    initialised_from: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The JSON record of a finished run (also the model card's source)."""
     final = result.history.validation[-1] if result.history.validation else None
