@@ -609,6 +609,7 @@ def test_cli_fine_tunes_and_registers_the_source_settings_until_tuned(
     )
     output = tmp_path / "tuned.pt"
     arguments = ["model", "train", str(naip_via), "-o", str(output), "--device", "cpu"]
+    arguments += ["--checkpoint-dir", str(tmp_path / "checkpoints")]
 
     result = runner.invoke(
         app,
