@@ -154,6 +154,8 @@ def sam_source(
         sam.checkpoint_sha256,
         model_description(sam),
         device,
+        sam.architecture.image_size,
+        sam.input_gsd_m,
     )
     return spec, {"amg": dict(sam.settings)}
 

@@ -132,6 +132,8 @@ def execute_run(
     except LisegagrError as exc:
         raise fail(str(exc)) from None
     say("model:", source_spec.describe())
+    for note in planned.notes:
+        say("[yellow]note:[/]", note)
     tiles = len(planned.grid)
     counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
     with (

@@ -12,6 +12,8 @@ from typing import Any
 
 # The built-in model with seeded random weights; it has no checkpoint file.
 TINY_MODEL_NAME = "tiny"
+# Fields that may be 0 (no global attention blocks; no field head).
+_MAY_BE_ZERO = frozenset({"encoder_global_attn_indexes", "field_head_width"})
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class SamArchitecture:
     iou_head_hidden_dim: int = 256
     iou_head_depth: int = 3
     num_multimask_outputs: int = 3
+    field_head_width: int = 0
+    """Full-resolution width of the dense field head (`lisegagr_core.field_head`); 0: none."""
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -42,7 +46,10 @@ class SamArchitecture:
             values = value if isinstance(value, tuple) else (value,)
             if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
                 raise ValueError(f"{item.name} must be an integer, not {value!r}")
-            if item.name != "encoder_global_attn_indexes" and value < 1:
+            if item.name in _MAY_BE_ZERO:
+                if any(v < 0 for v in values):
+                    raise ValueError(f"{item.name} must not be negative, not {value}")
+            elif value < 1:
                 raise ValueError(f"{item.name} must be at least 1, not {value}")
         if self.encoder_embed_dim % self.encoder_num_heads:
             raise ValueError("encoder_num_heads must divide encoder_embed_dim")
@@ -65,6 +72,8 @@ class SamArchitecture:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the attention indexes as a list)."""
         raw = asdict(self)
+        if not self.field_head_width:  # records of models without a head stay as they were
+            del raw["field_head_width"]
         raw["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
         return raw
 

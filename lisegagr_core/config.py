@@ -19,7 +19,7 @@ from lisegagr_core.errors import InputError
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 # Bump when a change to the engine changes its output for the same settings.
-ALGORITHM_VERSION = "2"
+ALGORITHM_VERSION = "3"
 
 
 class _Settings(BaseModel):
@@ -50,9 +50,24 @@ class AmgSettings(_Settings):
     """AMG's own multi-crop layers (0: whole image only)."""
     min_mask_region_area: int = Field(0, ge=0)
     """AMG's hole/island clean-up area (0: off)."""
-    generator: Literal["fast", "segment-anything"] = "fast"
+    generator: Literal["fast", "segment-anything", "field-head"] = "fast"
     """`fast`: the same masks, filtered on low-resolution logits before upsampling and kept
-    on the device (`lisegagr_core.fast_amg`); `segment-anything`: its own generator."""
+    on the device (`lisegagr_core.fast_amg`); `segment-anything`: its own generator;
+    `field-head`: not SAM's decoder but the instances of the model's dense field head (seeds
+    grown to the head's boundaries, `lisegagr_core.field_maps`); the model needs a head."""
+    prompts: Literal["grid", "field-head"] = "grid"
+    """Where the fast generator prompts SAM: `grid`, the paper's `points_per_side` ×
+    `points_per_side` lattice; `field-head`, one point at the deepest pixel of each field the
+    model's field head sees (learned prompts; not on whitened pixels in later rounds)."""
+    head_extent_thresh: float = Field(0.5, gt=0.0, lt=1.0)
+    """Field head: a pixel is field where its extent probability exceeds this."""
+    head_boundary_thresh: float = Field(0.4, gt=0.0, le=1.0)
+    """Field head: a field's seed excludes pixels whose boundary probability reaches this."""
+    head_opening_px: int = Field(1, ge=0)
+    """Field head: binary opening (iterations of a cross) that cuts thin bridges between
+    seeds."""
+    head_min_seed_area: int = Field(100, ge=1)
+    """Field head: seeds smaller than this (image pixels) are dropped."""
     encoder_precision: Precision = "auto"
     """Image encoder precision of the fast generator; auto: bf16 on CUDA, fp32 elsewhere."""
     decoder_precision: Literal["fp32", "bf16"] = "fp32"
@@ -73,6 +88,11 @@ class AmgSettings(_Settings):
         """The keyword arguments of `SamAutomaticMaskGenerator` these settings stand for."""
         ours = {
             "generator",
+            "prompts",
+            "head_extent_thresh",
+            "head_boundary_thresh",
+            "head_opening_px",
+            "head_min_seed_area",
             "encoder_precision",
             "decoder_precision",
             "compile_encoder",
@@ -162,6 +182,20 @@ class RefineSettings(_Settings):
         return self
 
 
+class EmptyGroundSettings(_Settings):
+    """Areas without texture (water, shadow, zero-filled margins) are never segmented
+    (`lisegagr_core.empty_ground`)."""
+
+    enabled: bool = True
+    max_std: float = Field(0.3, ge=0.0)
+    """A pixel is empty when every channel's standard deviation over its window is below
+    this (8-bit levels)."""
+    window_px: int = Field(9, ge=3)
+    """Side of the square window (px, made odd)."""
+    min_area: int = Field(2500, ge=1)
+    """Connected empty areas smaller than this are ignored. Reference-frame pixels."""
+
+
 class ReferenceFrame(_Settings):
     """The frame the method's pixel thresholds are stated in, and its scale to working pixels.
 
@@ -173,13 +207,11 @@ class ReferenceFrame(_Settings):
 
     side_px: int = Field(1000, ge=1)
     """Side of the reference frame (px)."""
-    reference_px_per_source_px: float = Field(1000 / 256, gt=0.0)
-    """Frame pixels per pixel of the paper's source imagery: NWPU-RESISC45's 256-px images,
-    4× super-resolved to 1024 px and resized to 1000. Tiled runs derive `scale` from it."""
     scale: float | None = Field(None, gt=0.0)
     """Frame pixels per working pixel (linear; areas scale by its square). None: the image is
     the whole frame, as in the reference: sqrt(side² / (H·W)), 1 for a 1000×1000 image.
-    Tiled runs record `reference_px_per_source_px / upscale`."""
+    Tiled runs record `side_px / tile side`: each tile is one of the paper's images (chosen by
+    measurement, docs/method.md)."""
 
     def area_scale_for(self, shape: tuple[int, int]) -> float:
         """Frame pixels per working pixel, squared (the scale of areas), for an (H, W) image."""
@@ -197,6 +229,8 @@ class EngineConfig(_Settings):
     refine: RefineSettings = RefineSettings()
     min_component_area: int = Field(50, ge=1)
     """Connected components under this area are dropped. Reference-frame pixels."""
+    empty_ground: EmptyGroundSettings = EmptyGroundSettings()
+    """Textureless areas (water, shadow, zero-filled margins) are never part of a field."""
     working_size: int | None = Field(1000, ge=64)
     """Longer side (px) images are resized to, as the paper does; None keeps their size."""
     frame: ReferenceFrame = ReferenceFrame()
@@ -235,6 +269,9 @@ class EngineConfig(_Settings):
                     update={"min_area": math.floor(self.refine.min_area / area)}
                 ),
                 "min_component_area": max(1, math.ceil(self.min_component_area / area)),
+                "empty_ground": self.empty_ground.model_copy(
+                    update={"min_area": max(1, math.ceil(self.empty_ground.min_area / area))}
+                ),
                 "frame": self.frame.model_copy(update={"scale": 1.0}),
             }
         )
@@ -288,31 +325,32 @@ class RegionConfig(_Settings):
     def _tile_scale(cls, data: Any) -> Any:
         """Record the scale of the thresholds at the tiles' resolution, unless one is given.
 
-        A tile pixel is 1/`upscale` of a source pixel, and the paper's frame has
-        `reference_px_per_source_px` frame pixels per source pixel.
+        A tile (`core` + 2 × `halo` px a side, SAM's input) is one image of the paper, whose
+        scripts state thresholds in pixels of a `side_px` frame every image is resized to.
         """
         if not isinstance(data, dict):
             return data
-        upscale = data.get("upscale", 1)
-        if not isinstance(upscale, int | float) or upscale <= 0:
+        core, halo = data.get("core", 896), data.get("halo", 64)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (core, halo)):
             return data  # field validation reports it
+        tile = core + 2 * halo
+        if tile <= 0:
+            return data
         engine = data.get("engine", EngineConfig(working_size=None))
         if isinstance(engine, EngineConfig):
             if engine.frame.scale is not None:
                 return data
             frame = engine.frame
-            scaled = frame.model_copy(update={"scale": frame.reference_px_per_source_px / upscale})
+            scaled = frame.model_copy(update={"scale": frame.side_px / tile})
             return {**data, "engine": engine.model_copy(update={"frame": scaled})}
         if isinstance(engine, dict):
             frame_values = engine.get("frame", {})
             if not isinstance(frame_values, dict) or frame_values.get("scale") is not None:
                 return data
-            per_source = frame_values.get(
-                "reference_px_per_source_px", ReferenceFrame().reference_px_per_source_px
-            )
-            if not isinstance(per_source, int | float):
+            side = frame_values.get("side_px", ReferenceFrame().side_px)
+            if not isinstance(side, int | float):
                 return data
-            frame_values = {**frame_values, "scale": per_source / upscale}
+            frame_values = {**frame_values, "scale": side / tile}
             return {**data, "engine": {**engine, "frame": frame_values}}
         return data
 

@@ -21,6 +21,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from lisegagr_core.config import EngineConfig, RoundSettings
+from lisegagr_core.empty_ground import empty_ground
 from lisegagr_core.masks import (
     MaskSet,
     dedup_keep_larger,
@@ -31,7 +32,7 @@ from lisegagr_core.masks import (
 )
 from lisegagr_core.refine import RefinementReport, refine_masks_many
 from lisegagr_core.sources import MaskSource
-from lisegagr_core.whitening import unsegmented_fraction, white_pixels, whiten
+from lisegagr_core.whitening import WHITE, unsegmented_fraction, white_pixels, whiten
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,10 @@ def segment_images(
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     configs = [config.in_working_pixels(image.shape[:2]) for image in images]
+    empties = [
+        empty_ground(image, c.empty_ground) for image, c in zip(images, configs, strict=True)
+    ]
+    images = [_painted_white(image, empty) for image, empty in zip(images, empties, strict=True)]
     rounds = iterative_rounds_many(images, source, [c.rounds for c in configs])
     merged = [merge_rounds(pooled, c) for (pooled, _), c in zip(rounds, configs, strict=True)]
     finals = merged
@@ -189,9 +194,10 @@ def segment_images(
             )
             reports[i] = report
     results = []
-    for final, (_, round_reports), refinement, resolved in zip(
-        finals, rounds, reports, configs, strict=True
+    for final, (_, round_reports), refinement, resolved, empty in zip(
+        finals, rounds, reports, configs, empties, strict=True
     ):
+        final = _outside(final, empty)
         parts = partition(final, resolved.min_component_area)
         results.append(
             Segmentation(
@@ -203,6 +209,29 @@ def segment_images(
             )
         )
     return results
+
+
+def _painted_white(image: NDArray[np.uint8], area: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """`image` with `area` white (the method's "nothing left here"); itself when none."""
+    if not area.any():
+        return image
+    painted = image.copy()
+    painted[area] = WHITE
+    return painted
+
+
+def _outside(masks: MaskSet, area: NDArray[np.bool_]) -> MaskSet:
+    """`masks` without the pixels of `area`; masks left empty are dropped."""
+    if not area.any() or not len(masks):
+        return masks
+    clipped = masks.masks & ~area
+    kept = clipped.reshape(len(masks), -1).any(axis=1)
+    return MaskSet(
+        masks=clipped[kept],
+        predicted_iou=masks.predicted_iou[kept],
+        stability=masks.stability[kept],
+        stage=masks.stage[kept],
+    )
 
 
 def _instances(

@@ -57,7 +57,9 @@ from torchvision.ops import batched_nms, box_area
 
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.encoder import ImageEncoder
+from lisegagr_core.field_maps import head_prompts, predict_field_maps
 from lisegagr_core.masks import MaskSet
+from lisegagr_core.whitening import white_pixels
 
 # segment_anything's defaults for the crop settings AmgSettings does not expose.
 _CROP_OVERLAP_RATIO = 512 / 1500
@@ -280,7 +282,11 @@ class FastMaskGenerator:
         """Candidates of the prompt grid that may pass the filters; None if no prompt."""
         s = self.settings
         crop_size = (crop.shape[0], crop.shape[1])
-        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        if s.prompts == "field-head":
+            maps = predict_field_maps(self.sam, self.encoder, [crop], features)[0]
+            points = head_prompts(maps, s, allowed=~white_pixels(crop))
+        else:
+            points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         if s.skip_white_prompts:
             points = points[~on_white(crop, points)]
         # As segment_anything does (float64 from numpy), so prompts embed bit for bit alike.

@@ -98,6 +98,29 @@ class TileGrid:
             )
         return cls(height, width, core, halo, transform, crs, anchor)
 
+    @classmethod
+    def for_region(
+        cls,
+        height: int,
+        width: int,
+        *,
+        transform: Affine,
+        crs: CRS | None,
+        core: int = 896,
+        halo: int = 64,
+    ) -> TileGrid:
+        """The grid a run uses: `anchored`, except that a region that fits in one tile
+        (`core` + 2 × `halo` a side) is that one tile, its pixel (0, 0) at the tile's corner.
+
+        On the anchored lattice such a raster straddles up to four tiles, mostly padding, whose
+        fields are then cut and merged again; as one tile it is segmented as `segment` would
+        (docs/method.md has the measurement). Such a region keeps its tile only while it fits.
+        """
+        size = core + 2 * halo
+        if height <= size and width <= size:
+            return cls(height, width, size, 0, transform, crs, (0, 0))
+        return cls.anchored(height, width, transform=transform, crs=crs, core=core, halo=halo)
+
     @property
     def tile_size(self) -> int:
         return self.core + 2 * self.halo

@@ -40,6 +40,7 @@ from lisegagr_core.architectures import (
     architecture_name,
 )
 from lisegagr_core.devices import resolve_device
+from lisegagr_core.field_head import attach_field_head
 from lisegagr_core.weights import (
     DEFAULT_MANIFEST_PATH,
     DEFAULT_WEIGHTS_DIR,
@@ -80,6 +81,8 @@ class LoadedSam:
     architecture: SamArchitecture
     settings: dict[str, Any]
     origin: ModelOrigin
+    input_gsd_m: float | None = None
+    """Metres of ground per input pixel the model was trained at (the manifest's), if known."""
 
 
 def build_sam(arch: SamArchitecture) -> Sam:
@@ -121,6 +124,8 @@ def build_sam(arch: SamArchitecture) -> Sam:
         pixel_mean=list(_PIXEL_MEAN),
         pixel_std=list(_PIXEL_STD),
     )
+    if arch.field_head_width:
+        attach_field_head(sam, arch.field_head_width, arch.prompt_embed_dim)
     sam.eval()
     return sam
 
@@ -325,6 +330,7 @@ def _load_verified(
         architecture=arch,
         settings=dict(spec.settings) if spec is not None else {},
         origin=origin,
+        input_gsd_m=spec.input_gsd_m if spec is not None else None,
     )
     seconds = time.perf_counter() - started
     log.info("loaded %s on %s in %.1f s", model_description(loaded), device, seconds)

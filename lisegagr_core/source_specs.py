@@ -26,6 +26,10 @@ class SamSpec:
     checkpoint_sha256: str
     description: str
     device: str | None = None
+    input_size: int | None = None
+    """The model's input side (px), for the scale check."""
+    input_gsd_m: float | None = None
+    """Metres per input pixel the model was trained at, when its manifest entry records it."""
 
     @property
     def model_id(self) -> str:

@@ -20,6 +20,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.fast_amg import FastMaskGenerator
+from lisegagr_core.field_maps import HeadMaskGenerator, require_field_head
 from lisegagr_core.masks import MaskSet
 
 if TYPE_CHECKING:
@@ -57,7 +58,13 @@ class SamMaskSource:
         self.name = f"sam-amg:{sam.name}"
         self._fast: FastMaskGenerator | None = None
         self._vanilla: SamAutomaticMaskGenerator | None = None
-        if settings.generator == "fast":
+        self._head: HeadMaskGenerator | None = None
+        if settings.generator == "field-head" or settings.prompts == "field-head":
+            require_field_head(sam.model, sam.name)
+        if settings.generator == "field-head":
+            self.name = f"field-head:{sam.name}"
+            self._head = HeadMaskGenerator(sam.model, settings)
+        elif settings.generator == "fast":
             self._fast = FastMaskGenerator(sam.model, settings)
         else:
             self._vanilla = SamAutomaticMaskGenerator(
@@ -72,6 +79,8 @@ class SamMaskSource:
         self, images: Sequence[NDArray[np.uint8]], regions: Sequence[Window]
     ) -> list[MaskSet]:
         """Masks of several images; the fast generator encodes them in shared batches."""
+        if self._head is not None:
+            return self._head.generate_many(images)
         if self._fast is not None:
             return [masks.to_mask_set() for masks in self._fast.generate_many(images)]
         return [self._generate_vanilla(image) for image in images]

@@ -36,7 +36,18 @@ DEFAULT_MANIFEST_PATH = DEFAULT_WEIGHTS_DIR / "manifest.json"
 
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = frozenset(
-    {"arch", "url", "filename", "size", "sha256", "architecture", "settings", "card", "source"}
+    {
+        "arch",
+        "url",
+        "filename",
+        "size",
+        "sha256",
+        "architecture",
+        "settings",
+        "card",
+        "source",
+        "input_gsd_m",
+    }
 )
 _MANIFEST_KEYS = frozenset({"description", "default", "checkpoints", "classifier"})
 _CLASSIFIER_KEYS = frozenset({"filename", "size", "sha256", "card", "source"})
@@ -66,6 +77,9 @@ class CheckpointSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     card: str | None = None
     source: str | None = None
+    input_gsd_m: float | None = None
+    """Metres of ground per model-input pixel in the imagery the model was trained on (None:
+    not recorded, e.g. Meta's models, trained on imagery of every scale)."""
 
 
 @dataclass(frozen=True)
@@ -405,6 +419,13 @@ def _spec_from_json(name: str, entry: object, shown: str) -> CheckpointSpec:
     except ValidationError as err:
         problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise WeightsError(f"{where} has invalid AMG settings ({problem})") from err
+    input_gsd_m = entry.get("input_gsd_m")
+    if input_gsd_m is not None and (
+        isinstance(input_gsd_m, bool)
+        or not isinstance(input_gsd_m, int | float)
+        or input_gsd_m <= 0
+    ):
+        raise WeightsError(f"{where} needs 'input_gsd_m' as a positive number of metres or null")
     for key, value in (("card", card), ("source", source)):
         if value is not None and not isinstance(value, str):
             raise WeightsError(f"{where} needs '{key}' as a string or null")
@@ -432,4 +453,5 @@ def _spec_from_json(name: str, entry: object, shown: str) -> CheckpointSpec:
         settings=settings,
         card=card,
         source=source,
+        input_gsd_m=float(input_gsd_m) if input_gsd_m is not None else None,
     )

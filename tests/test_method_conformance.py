@@ -137,7 +137,7 @@ def test_defaults_are_the_papers_values() -> None:
     # remove_layers_with_few_pixels(threshold=50): `count_nonzero(layer) >= threshold` kept
     assert config.min_component_area == 50
     # resize_image: every image to 1000 × 1000, made from 4× super-resolved 256-px tiles
-    assert (config.frame.side_px, config.frame.reference_px_per_source_px) == (1000, 1000 / 256)
+    assert config.frame.side_px == 1000
     assert config.working_size == 1000
 
 
@@ -460,14 +460,16 @@ def test_thresholds_are_in_frame_pixels_and_scaled_to_the_working_resolution() -
     assert resolved.rounds.whitening.mask_dilation_px == 1  # 0.75 → 1
 
 
-def test_tiled_runs_record_the_scale_of_their_source_pixels() -> None:
+def test_tiled_runs_take_each_tile_as_one_image_of_the_paper() -> None:
     native = RegionConfig()
-    assert native.engine.frame.scale == pytest.approx(1000 / 256)
+    assert native.engine.frame.scale == pytest.approx(1000 / 1024)
     assert RegionConfig(upscale=4).engine.frame.scale == pytest.approx(1000 / 1024)
+    assert RegionConfig(core=448, halo=32).engine.frame.scale == pytest.approx(1000 / 512)
     chosen = RegionConfig.model_validate({"engine": {"frame": {"scale": 1.0}}})
     assert chosen.engine.frame.scale == 1.0
     # the scale is part of what a tile's cache key is made from
-    assert native.segmentation_settings("m") != RegionConfig(upscale=4).segmentation_settings("m")
+    smaller = RegionConfig(core=448, halo=32)
+    assert native.segmentation_settings("m") != smaller.segmentation_settings("m")
     assert RegionConfig.model_validate(native.model_dump()) == native
 
 
@@ -475,7 +477,8 @@ def test_tiled_runs_record_the_scale_of_their_source_pixels() -> None:
 def test_the_engine_applies_the_images_scale(scale: float | None, areas: list[int]) -> None:
     # a 500×500 image is the whole 1000×1000 frame: 50 frame px are 12.5 px here
     shape = (500, 500)
-    image = np.full((*shape, 3), 90, dtype=np.uint8)
+    # textured: a uniform image is empty ground, which the method never segments
+    image = np.random.default_rng(0).integers(80, 100, (*shape, 3), dtype=np.uint8)
     thirteen = _rect(shape, (0, 1), (0, 13))
     twelve = _rect(shape, (10, 11), (0, 12))
     config = EngineConfig(

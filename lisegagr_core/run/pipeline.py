@@ -39,6 +39,7 @@ from lisegagr_core.run.stages import (
     write_chunk_row,
 )
 from lisegagr_core.run.store import RegionPaths
+from lisegagr_core.scale import ground_sampling_m, scale_note
 from lisegagr_core.source_specs import SourceSpec, spec_record
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class RegionRun:
     settings: dict[str, Any] = field(default_factory=dict)
     """What changes a tile's result besides its pixels: the input of its hash."""
     classifier_hash: str | None = None
+    notes: tuple[str, ...] = ()
+    """What the user should know before the run starts (one line each)."""
 
     @property
     def model(self) -> str:
@@ -96,7 +99,7 @@ def plan_run(
     storage_options: fsspec options for the sources; output_options: for `out`.
     """
     rasters = open_region(sources, config, storage_options)
-    grid = TileGrid.anchored(
+    grid = TileGrid.for_region(
         rasters.height,
         rasters.width,
         transform=rasters.transform,
@@ -109,6 +112,16 @@ def plan_run(
         "upscale": rasters.upscale,
         "upscale_model": _file_sha256(config.upscale_model) if config.upscale_model else None,
     }
+    note = scale_note(
+        ground_sampling_m(rasters.source_transform, rasters.crs),
+        rasters.upscale,
+        grid.tile_size,
+        getattr(source, "input_size", None) or grid.tile_size,
+        getattr(source, "input_gsd_m", None),
+        str(getattr(source, "name", "the model")),
+    )
+    if note is not None:
+        log.warning("%s", note)
     return RegionRun(
         sources=tuple(absolute_sources(sources)),
         rasters=rasters,
@@ -118,6 +131,7 @@ def plan_run(
         paths=RegionPaths(out, dict(output_options or {})),
         settings=settings,
         classifier_hash=classifier_sha256(config.classifier) if config.classifier else None,
+        notes=(note,) if note is not None else (),
     )
 
 

@@ -44,14 +44,16 @@ def register_model(
     card_path: Path | None = None,
     source: str | None = None,
     make_default: bool = False,
+    input_gsd_m: float | None = None,
 ) -> CheckpointSpec:
     """Add or update the manifest entry of the model saved at `model_path`; return it.
 
     `name` defaults to the file's stem. The model must lie in the manifest's folder (entries
     name a bare file there). `settings` are AMG settings; None keeps those of an entry whose
     file is unchanged and records none otherwise. `make_default` makes it the model used when
-    none is configured. A manifest that does not exist yet is created. The new manifest is
-    validated before it replaces the old one; problems raise WeightsError.
+    none is configured. `input_gsd_m` records the metres per input pixel of its training
+    imagery (None keeps an earlier entry's). A manifest that does not exist yet is created. The
+    new manifest is validated before it replaces the old one; problems raise WeightsError.
     """
     name = name or model_path.stem
     folder = manifest_path.resolve().parent
@@ -86,6 +88,10 @@ def register_model(
         entry["card"] = os.path.relpath(card_path.resolve(), folder)
     if source is not None:
         entry["source"] = source
+    if input_gsd_m is None and previous is not None:
+        input_gsd_m = previous.get("input_gsd_m")
+    if input_gsd_m is not None:
+        entry["input_gsd_m"] = round(float(input_gsd_m), 3)
     raw["checkpoints"][name] = entry
     if make_default:
         raw["default"] = name

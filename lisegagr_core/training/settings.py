@@ -118,6 +118,26 @@ class TrainConfig(_Settings):
     device: str | None = None
     """cpu, cuda or cuda:N; None: CUDA when available, else the CPU."""
     augment: AugmentSettings = AugmentSettings()
+    field_head_width: int | None = Field(None, ge=0)
+    """Give the model a dense field head this wide at full resolution (0: none; None: as the
+    architecture, or the model it starts from, has it)."""
+    prompt_weight: float = Field(1.0, ge=0.0)
+    """Weight of the prompted-mask loss (SAM's decoder) in the total."""
+    extent_weight: float = Field(1.0, ge=0.0)
+    """Weight of the field head's extent loss (BCE + dice)."""
+    boundary_weight: float = Field(1.0, ge=0.0)
+    """Weight of the field head's boundary loss (weighted BCE + dice)."""
+    depth_weight: float = Field(1.0, ge=0.0)
+    """Weight of the field head's depth loss (BCE against the normalised distance to the
+    outline)."""
+    boundary_pixel_weight: float = Field(4.0, ge=1.0)
+    """How much more a boundary pixel counts than another in the boundary BCE."""
+    head_lr: float | None = Field(None, gt=0.0)
+    """Peak learning rate of the field head (same schedule); None: `lr`. A new head on a trained
+    SAM learns faster than the SAM should move."""
+    freeze_encoder: bool = False
+    """Train only the field head (and the decoder, unless `prompt_weight` is 0) on a fixed image
+    encoder: how a head is added to a large pretrained SAM such as Meta's vit_h."""
     init_from: str | None = None
     """Start from this trained SAM (a manifest name or a state-dict path) instead of random
     weights: fine-tuning. It must have the architecture's widths and depths; its input size may
@@ -148,6 +168,8 @@ class TrainConfig(_Settings):
             arch = TRAINING_ARCHITECTURES[self.architecture]
         else:
             arch = SamArchitecture.from_dict(self.architecture)
+        if self.field_head_width is not None:
+            arch = dataclasses.replace(arch, field_head_width=self.field_head_width)
         if self.input_size is None or self.input_size == arch.image_size:
             return arch
         try:

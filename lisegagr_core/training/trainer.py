@@ -31,6 +31,13 @@ from segment_anything.modeling import Sam
 from lisegagr_core.architectures import SamArchitecture
 from lisegagr_core.devices import resolve_device
 from lisegagr_core.errors import InputError
+from lisegagr_core.field_head import (
+    HeadLoss,
+    field_head_of,
+    head_loss,
+    head_scores,
+    head_targets,
+)
 from lisegagr_core.models import build_sam, model_description
 from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 from lisegagr_core.training.augment import augment_batch
@@ -52,6 +59,15 @@ _TRAIN_STREAM, _VALIDATION_STREAM, _BATCH_STREAM = 0, 1, 2
 _RESUMABLE_CHANGES = frozenset(
     {"device", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"}
 )
+
+
+@dataclass(frozen=True)
+class StepTerms:
+    """The losses of one step, detached: SAM's prompted masks and the field head's maps."""
+
+    total: torch.Tensor
+    prompt: LossTerms
+    head: HeadLoss | None
 
 
 @dataclass
@@ -133,7 +149,7 @@ def train_sam(
         raise ValueError(f"images are {sorted(sizes)} px but the model takes {arch.image_size}")
     sam = initial_model(arch, config.seed).to(device).train()
     initialised_from = _warm_start_from(config, sam)
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(sam, config)
     train_images, train_labels = stack_training_images(dataset.train, device)
     val_images, val_labels = stack_training_images(dataset.validation, device)
     split = {
@@ -149,7 +165,7 @@ def train_sam(
 
     completed = start_step
     started = time.perf_counter() - seconds
-    window: list[LossTerms] = []
+    window: list[StepTerms] = []
     parameters = sum(p.numel() for p in sam.parameters())
     log.info(
         "training %d parameters on %s from step %d", parameters, device_name(device), start_step
@@ -194,6 +210,27 @@ def train_sam(
         device,
         data_description,
         initialised_from,
+    )
+
+
+def _optimizer(sam: Sam, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over what trains: the field head at `head_lr`, the rest at `lr` (each group's
+    `lr_scale` says its share of the schedule); a frozen encoder is left out."""
+    if config.freeze_encoder:
+        sam.image_encoder.requires_grad_(False)
+    head = field_head_of(sam)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    trained = [p for p in sam.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in trained if id(p) not in head_ids], "lr_scale": 1.0}
+    ]
+    if head is not None:
+        scale = (config.head_lr or config.lr) / config.lr
+        groups.append({"params": list(head.parameters()), "lr_scale": scale})
+    return torch.optim.AdamW(
+        [group for group in groups if group["params"]],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -282,8 +319,10 @@ def validate(
     best_mask_iou (best of the three outputs), and the prompt counts.
     """
     sam.eval()
+    head = field_head_of(sam)
     generator = _generator(images.device, config.seed, 0, _VALIDATION_STREAM)
     sums = dict.fromkeys(("mask_loss", "iou_loss", "mask_iou", "best_mask_iou"), 0.0)
+    head_sums = dict.fromkeys(("head_loss", "extent_iou", "boundary_iou"), 0.0)
     prompts_seen, fields_seen = 0, 0
     for start in range(0, len(images), config.batch_size):
         batch = slice(start, start + config.batch_size)
@@ -295,8 +334,16 @@ def validate(
             generator=generator,
         )
         with _autocast(images.device, config):
-            embeddings = sam.image_encoder(_normalise(sam, images[batch].float()))
+            normalised = _normalise(sam, images[batch].float())
+            embeddings = sam.image_encoder(normalised)
             logits, iou_pred = decode_prompts(sam, embeddings, prompts.image_index, prompts.points)
+            maps = head(normalised, embeddings) if head is not None else None
+        if maps is not None:
+            truth = head_targets(labels[batch])
+            weighted = _weighted_head_loss(maps, truth, config)
+            head_sums["head_loss"] += float(weighted.total) * len(maps)
+            for key, value in head_scores(maps, truth).items():
+                head_sums[key] += value * len(maps)
         targets = prompt_targets(labels[batch], prompts, logits.shape[-1])
         terms = prompt_loss(logits, iou_pred, targets, prompts.is_field, config.focal_weight)
         fields = int(prompts.is_field.sum())
@@ -313,12 +360,26 @@ def validate(
         "mask_iou": sums["mask_iou"] / max(fields_seen, 1),
         "best_mask_iou": sums["best_mask_iou"] / max(fields_seen, 1),
     }
-    return {
+    row = {
         "loss": means["mask_loss"] + means["iou_loss"],
         **means,
         "prompts": prompts_seen,
         "field_prompts": fields_seen,
     }
+    if head is not None:
+        row.update({key: value / max(len(images), 1) for key, value in head_sums.items()})
+    return row
+
+
+def _weighted_head_loss(maps: torch.Tensor, truth: Any, config: TrainConfig) -> HeadLoss:
+    return head_loss(
+        maps,
+        truth,
+        extent_weight=config.extent_weight,
+        boundary_weight=config.boundary_weight,
+        depth_weight=config.depth_weight,
+        boundary_pixel_weight=config.boundary_pixel_weight,
+    )
 
 
 def train_step(
@@ -328,8 +389,11 @@ def train_step(
     labels: torch.Tensor,
     config: TrainConfig,
     step: int,
-) -> LossTerms:
-    """One optimiser step on a random batch of the training images (0-based `step`)."""
+) -> StepTerms:
+    """One optimiser step on a random batch of the training images (0-based `step`).
+
+    The loss is `prompt_weight` × SAM's prompted-mask loss, plus the field head's weighted
+    terms when the model has a head."""
     device = images.device
     chosen = _batch_indices(len(images), config.batch_size, config.seed, step)
     generator = _generator(device, config.seed, step, _TRAIN_STREAM)
@@ -344,17 +408,32 @@ def train_step(
         generator=generator,
     )
     for group in optimizer.param_groups:
-        group["lr"] = config.lr_at(step)
+        group["lr"] = config.lr_at(step) * group.get("lr_scale", 1.0)
+    head = field_head_of(sam)
     with _autocast(device, config):
-        embeddings = sam.image_encoder(_normalise(sam, batch_images))
+        normalised = _normalise(sam, batch_images)
+        with torch.set_grad_enabled(not config.freeze_encoder):
+            embeddings = sam.image_encoder(normalised)
         logits, iou_pred = decode_prompts(sam, embeddings, prompts.image_index, prompts.points)
+        maps = head(normalised, embeddings) if head is not None else None
     targets = prompt_targets(batch_labels, prompts, logits.shape[-1])
     terms = prompt_loss(logits, iou_pred, targets, prompts.is_field, config.focal_weight)
+    total = terms.total * config.prompt_weight
+    head_terms = None
+    if maps is not None:
+        head_terms = _weighted_head_loss(maps, head_targets(batch_labels), config)
+        total = total + head_terms.total
     optimizer.zero_grad(set_to_none=True)
-    terms.total.backward()
+    total.backward()
     torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip)
     optimizer.step()
-    return terms.detached()
+    return StepTerms(
+        total=total.detach(),
+        prompt=terms.detached(),
+        head=None
+        if head_terms is None
+        else HeadLoss(*(value.detach() for value in vars(head_terms).values())),
+    )
 
 
 def _normalise(sam: Sam, images: torch.Tensor) -> torch.Tensor:
@@ -400,22 +479,26 @@ def stack_training_images(
 
 
 def _train_row(
-    window: Sequence[LossTerms], done: int, lr: float, started: float
+    window: Sequence[StepTerms], done: int, lr: float, started: float
 ) -> dict[str, float]:
-    def mean(name: str) -> float:
-        values = [float(getattr(terms, name)) for terms in window]
+    def mean(values: Sequence[float]) -> float:
         finite = [value for value in values if math.isfinite(value)]
         return sum(finite) / len(finite) if finite else float("nan")
 
-    return {
+    def prompt(name: str) -> float:
+        return mean([float(getattr(terms.prompt, name)) for terms in window])
+
+    row = {
         "step": done,
-        "loss": mean("total"),
-        "mask_loss": mean("mask"),
-        "iou_loss": mean("iou"),
-        "mask_iou": mean("chosen_iou"),
-        "lr": lr,
-        "seconds": round(time.perf_counter() - started, 2),
+        "loss": mean([float(terms.total) for terms in window]),
+        "mask_loss": prompt("mask"),
+        "iou_loss": prompt("iou"),
+        "mask_iou": prompt("chosen_iou"),
     }
+    heads = [terms.head for terms in window if terms.head is not None]
+    for name in ("extent", "boundary", "depth") if heads else ():
+        row[f"{name}_loss"] = mean([float(getattr(terms, name)) for terms in heads])
+    return {**row, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _status(history: TrainingHistory) -> str:
@@ -425,6 +508,8 @@ def _status(history: TrainingHistory) -> str:
     if history.validation:
         row = history.validation[-1]
         parts.append(f"val loss {row['loss']:.3f} · val mask IoU {row['mask_iou']:.2f}")
+        if "extent_iou" in row:
+            parts.append(f"val extent IoU {row['extent_iou']:.2f}")
     return " · ".join(parts)
 
 

@@ -26,6 +26,7 @@ from lisegagr_core.training.settings import TrainConfig
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 _POS_EMBED = "image_encoder.pos_embed"
+_HEAD_PREFIX = "field_head."
 _REL_POS_SUFFIXES = (".attn.rel_pos_h", ".attn.rel_pos_w")
 
 
@@ -57,7 +58,9 @@ def adapt_state_dict(
     state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], shown: str
 ) -> dict[str, torch.Tensor]:
     """`state` reshaped to fit `target` key for key; InputError naming `shown` when it cannot."""
-    missing = sorted(set(target) - set(state))
+    # A field head the source lacks starts fresh: adding one is what fine-tuning may do.
+    fresh = {key for key in target if key.startswith(_HEAD_PREFIX) and key not in state}
+    missing = sorted(set(target) - set(state) - fresh)
     unexpected = sorted(set(state) - set(target))
     if missing or unexpected:
         example = (missing or unexpected)[0]
@@ -68,6 +71,9 @@ def adapt_state_dict(
         )
     adapted: dict[str, torch.Tensor] = {}
     for key, wanted in target.items():
+        if key in fresh:
+            adapted[key] = wanted.detach().clone()
+            continue
         tensor = state[key].detach().to(device=wanted.device, dtype=wanted.dtype)
         if tensor.shape != wanted.shape:
             tensor = _resize(key, tensor, wanted.shape, shown)
