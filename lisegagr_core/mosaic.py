@@ -1,17 +1,22 @@
 """The region's outputs: a georeferenced Zarr mosaic and the field polygons as GeoParquet.
 
-``mosaic.zarr`` (Zarr v3, consolidated metadata) holds `labels` (uint32, 0 = background or
-no data) and `classes` (uint8: 0 none, 1 field, 2 non-field, 3 unclassified, 255 nodata: no
-imagery, or a tile that failed) over exactly the sources' extent, in chunks of the tile core
-from its top-left pixel; each chunk is written whole by one writer (`run.stages.write_chunk_row`):
-parallel writes with no locks and no read-modify-write. The nodata value of `classes`
-is its Zarr ``fill_value`` and its ``_FillValue`` attribute (CF), so xarray reads nodata as NaN
-and GDAL as nodata. CRS and transform are a rioxarray `spatial_ref` coordinate, so
+``mosaic.zarr`` (Zarr format 2 by default, consolidated metadata, zlib-compressed chunks: what
+every GDAL build with the Zarr driver reads, 3.4 on) holds `labels` (uint32 field instance
+ids, 0 = background; no nodata value) and `classes` (uint8: 0 none, 1 field, 2 non-field,
+3 unclassified, 255 nodata: no imagery, or a tile that failed) over exactly the sources'
+extent, in chunks of the tile core from its top-left pixel; each chunk is written whole by one
+writer (`run.stages.write_chunk_row`): parallel writes with no locks and no read-modify-write.
+The nodata value of `classes` (255) is its Zarr ``fill_value`` (CF ``_FillValue``), so xarray
+reads nodata as NaN and GDAL as nodata; `labels` has none (``fill_value`` null), as in the COG
+export. CRS and transform are a rioxarray `spatial_ref` coordinate (CF ``grid_mapping``) and
+GDAL's ``_CRS`` attribute, so both
 
     xr.open_zarr(url, decode_coords="all").rio.crs
+    rasterio.open('ZARR:"url":/classes').crs
 
-reads them back. GDAL up to 3.10 cannot read Zarr v3 (``Unsupported codec: bytes``):
-`write_cog` exports both rasters as Cloud-Optimised GeoTIFFs for any GIS.
+read them back. ``zarr_format=3`` writes Zarr v3 instead (GDAL reads it from 3.11 on, and then
+takes `labels`' fill value 0 for nodata). `write_cog` exports both rasters as Cloud-Optimised
+GeoTIFFs for any GIS.
 
 ``fields.parquet`` holds one polygon per instance in the raster's CRS.
 """
@@ -60,12 +65,24 @@ def _store(url: str, storage_options: Mapping[str, Any] | None) -> Any:
     return url.removeprefix("file://")
 
 
+#: Zarr formats the mosaic can be written in (2: every GDAL with the Zarr driver reads it).
+ZARR_FORMATS = (2, 3)
+
+
 def create_mosaic(
-    url: str, grid: TileGrid, storage_options: Mapping[str, Any] | None = None
+    url: str,
+    grid: TileGrid,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    zarr_format: int = 2,
 ) -> None:
     """Create the empty Zarr mosaic of `grid` (metadata and coordinates only; chunks stay
-    unwritten), chunked by the tile core."""
+    unwritten), chunked by the tile core, in Zarr format `zarr_format` (2 or 3)."""
     import dask.array as da
+    from numcodecs import Zlib
+
+    if zarr_format not in ZARR_FORMATS:
+        raise ValueError(f"the mosaic is written as Zarr format 2 or 3, not {zarr_format!r}")
 
     height, width, core = grid.height, grid.width, grid.core
     crs, transform = grid.crs, grid.transform
@@ -86,6 +103,9 @@ def create_mosaic(
         dataset = dataset.rio.write_crs(crs)
     dataset = dataset.rio.write_transform(transform)
     dataset["labels"].attrs["description"] = "field instance id, 0 = background"
+    if crs is not None and zarr_format == 2:
+        for name in ("labels", "classes"):  # GDAL's own CRS attribute for Zarr v2
+            dataset[name].attrs["_CRS"] = {"wkt": crs.to_wkt()}
     dataset["classes"].attrs.update(
         {
             "description": "0 none, 1 field, 2 non-field, 3 unclassified, 255 nodata",
@@ -93,14 +113,22 @@ def create_mosaic(
             "flag_meanings": "none field non_field unclassified",
         }
     )
-    dataset["labels"].encoding.update({"chunks": chunks, "fill_value": 0})
+    # zlib: a codec every GDAL build has (blosc and zstd are optional in GDAL)
+    codec = {"compressors": (Zlib(level=5),)} if zarr_format == 2 else {}
+    dataset["labels"].encoding.update({"chunks": chunks, **codec})
+    if zarr_format == 3:
+        dataset["labels"].encoding["fill_value"] = 0  # v3 has no null fill value
     dataset["classes"].encoding.update(
-        {"chunks": chunks, "fill_value": CLASS_NODATA, "_FillValue": CLASS_NODATA}
+        {"chunks": chunks, "fill_value": CLASS_NODATA, "_FillValue": CLASS_NODATA, **codec}
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is not in v3's spec
         dataset.to_zarr(
-            _store(url, storage_options), mode="w", compute=False, zarr_format=3, consolidated=True
+            _store(url, storage_options),
+            mode="w",
+            compute=False,
+            zarr_format=zarr_format,
+            consolidated=True,
         )
 
 

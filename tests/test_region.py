@@ -346,9 +346,10 @@ def test_the_mosaic_opens_in_xarray_with_nodata_masked_and_unclassified_apart(
     path = _write_geotiff(tmp_path / "scene.tif", rgb, nodata=0)
     _run(path, scene.instances.astype(np.int64), tmp_path / "out")
     store = tmp_path / "out" / "mosaic.zarr"
-    assert "consolidated_metadata" in json.loads((store / "zarr.json").read_text())
-    classes_meta = json.loads((store / "classes" / "zarr.json").read_text())
-    assert classes_meta["fill_value"] == 255 and classes_meta["attributes"]["_FillValue"] == 255
+    assert (store / ".zmetadata").is_file()  # Zarr v2, consolidated
+    classes_meta = json.loads((store / "classes" / ".zarray").read_text())
+    assert classes_meta["fill_value"] == 255 and classes_meta["compressor"]["id"] == "zlib"
+    assert json.loads((store / "labels" / ".zarray").read_text())["fill_value"] is None
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # xarray warns when not consolidated
         mosaic = xr.open_zarr(store, decode_coords="all")
@@ -483,23 +484,50 @@ def test_geojson_export_is_wgs84_per_rfc_7946_and_other_formats_keep_the_crs(
     assert gpd.read_file(tmp_path / "out" / "fields.gpkg").crs.to_epsg() == 32616
 
 
-def test_gdal_zarr_driver_reads_the_mosaic_where_it_supports_zarr_v3(tmp_path: Path) -> None:
-    """rasterio's GDAL (3.10 here) rejects Zarr v3's `bytes` codec; once it reads v3, the
-    mosaic must come with its nodata. Until then `export --format cog` is the GIS route."""
-    from rasterio.errors import RasterioIOError
-
+def test_gdal_opens_the_mosaic_with_its_crs_transform_and_the_cogs_nodata(tmp_path: Path) -> None:
+    """rasterio's own GDAL (3.10 here, no Zarr v3) opens `labels` and `classes` of the mosaic
+    with the run's CRS, transform and values, and the nodata of the COG export (none for
+    labels, 255 for classes)."""
+    from lisegagr_core.run.export import export_cogs
     from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=7)
-    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    rgb = scene.rgb.copy()
+    rgb[:, :60] = 0  # a swath without data: classes 255
+    path = _write_geotiff(tmp_path / "scene.tif", rgb, nodata=0)
     _run(path, scene.instances.astype(np.int64), tmp_path / "out")
-    try:
-        classes = rasterio.open(f'ZARR:"{tmp_path / "out" / "mosaic.zarr"}":/classes')
-    except RasterioIOError as exc:
-        assert "Unsupported codec" in str(exc)
-        pytest.skip(f"GDAL {rasterio.__gdal_version__} cannot read Zarr v3 ({exc})")
-    with classes:
-        assert classes.nodata == 255 and classes.read(1).shape == (256, 256)
+    store = tmp_path / "out" / "mosaic.zarr"
+    stored = _mosaic_labels(tmp_path / "out")
+    export_cogs(str(tmp_path / "out"), str(tmp_path / "gis"))
+    for name, nodata in (("labels", None), ("classes", 255)):
+        with rasterio.open(f'ZARR:"{store}":/{name}') as zarr_band:
+            assert zarr_band.driver == "Zarr"
+            assert zarr_band.crs.to_epsg() == 32616 and zarr_band.transform == ORIGIN
+            assert zarr_band.nodata == nodata and zarr_band.dtypes[0] == stored[name].dtype
+            values = zarr_band.read(1)
+        with rasterio.open(tmp_path / "gis" / f"{name}.tif") as cog:
+            assert cog.nodata == nodata
+        np.testing.assert_array_equal(values, stored[name].values)
+    assert (values[:, :60] == 255).all() and values[:, 60:].max() == 3
+
+
+def test_the_mosaic_can_be_written_as_zarr_v3_and_other_formats_are_refused(
+    tmp_path: Path,
+) -> None:
+    from lisegagr_core.mosaic import create_mosaic, open_mosaic, read_window, write_window
+
+    grid = TileGrid.anchored(100, 120, transform=ORIGIN, crs=CRS.from_epsg(32616), core=64)
+    create_mosaic(str(tmp_path / "v3.zarr"), grid, zarr_format=3)
+    assert (tmp_path / "v3.zarr" / "zarr.json").is_file()
+    group = open_mosaic(str(tmp_path / "v3.zarr"))
+    window = Window(0, 0, 64, 64)
+    write_window(group, window, np.full((64, 64), 5, np.uint32), np.ones((64, 64), np.uint8))
+    assert (read_window(group, window) == 5).all()
+    mosaic = xr.open_zarr(tmp_path / "v3.zarr", decode_coords="all")
+    assert mosaic.rio.crs.to_epsg() == 32616 and mosaic.rio.transform() == ORIGIN
+    assert np.isnan(mosaic["classes"].values[64:, 64:]).all()  # nodata 255, masked
+    with pytest.raises(ValueError, match="Zarr format 2 or 3, not 4"):
+        create_mosaic(str(tmp_path / "v4.zarr"), grid, zarr_format=4)
 
 
 def test_each_tile_is_read_once_and_a_cached_tile_is_never_super_resolved(
