@@ -566,7 +566,7 @@ def demo(
     import cv2
     import geopandas as gpd
 
-    classes = gpd.read_parquet(paths.fields)["class"].value_counts().to_dict()
+    classes = gpd.read_parquet(paths.fields)["lisegagr:class"].value_counts().to_dict()
     counted = (
         ", ".join(f"{n} {CLASS_LABELS.get(c, c)}" for c, n in sorted(classes.items()))
         or "no instances"

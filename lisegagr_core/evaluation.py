@@ -460,7 +460,12 @@ def _run_output(folder: Path) -> Prediction:
     stages = None
     fields_path = Path(paths.fields)
     if fields_path.is_file():
-        stages = _stages_of(pd.read_parquet(fields_path, columns=["id", "stage"]), fields_path)
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(fields_path).names)
+        stage = "lisegagr:stage" if "lisegagr:stage" in names else "stage"  # fiboa, or older
+        table = pd.read_parquet(fields_path, columns=[c for c in ("id", stage) if c in names])
+        stages = _stages_of(table.rename(columns={stage: "stage"}), fields_path)
     image_path = None
     if paths.exists(paths.manifest):
         described = read_manifest(str(folder)).input

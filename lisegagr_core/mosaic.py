@@ -18,11 +18,14 @@ read them back. ``zarr_format=3`` writes Zarr v3 instead (GDAL reads it from 3.1
 takes `labels`' fill value 0 for nodata). `write_cog` exports both rasters as Cloud-Optimised
 GeoTIFFs for any GIS.
 
-``fields.parquet`` holds one polygon per instance in the raster's CRS.
+``fields.parquet`` holds one polygon per instance in the raster's CRS, as fiboa 0.3
+GeoParquet (`lisegagr_core.fiboa`).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import warnings
 from collections.abc import Iterable, Mapping
@@ -43,6 +46,7 @@ from rasterio.features import shapes
 from rasterio.windows import Window
 from shapely.geometry import shape
 
+from lisegagr_core import fiboa
 from lisegagr_core.grid import TileGrid
 
 log = logging.getLogger(__name__)
@@ -175,7 +179,11 @@ def dissolve_pieces(pieces: Iterable[tuple[int, shapely.Polygon]]) -> dict[int, 
     dissolved = {}
     for instance_id, parts in by_id.items():
         geometry = parts[0] if len(parts) == 1 else shapely.union_all(parts)
-        dissolved[instance_id] = geometry if geometry.is_valid else shapely.make_valid(geometry)
+        if not geometry.is_valid:  # keep its polygons only (no stray lines or points)
+            geometry = shapely.union_all(
+                [g for g in shapely.get_parts(shapely.make_valid(geometry)) if g.area > 0]
+            )
+        dissolved[instance_id] = geometry
     return dissolved
 
 
@@ -189,18 +197,16 @@ def vectorise_mosaic(group: zarr.Group, grid: TileGrid) -> dict[int, shapely.Geo
     return dissolve_pieces(pieces)
 
 
-#: Column types of ``fields.parquet`` (besides the geometry), fixed whatever the field count.
-FIELD_COLUMNS: dict[str, str] = {
-    "id": "int64",
-    "area": "float64",
-    "perimeter": "float64",
-    "predicted_iou": "float64",
-    "stability_score": "float64",
-    "stage": "string",
-    "tiles": "string",
-    "class": "uint8",
-    "field_score": "float64",
-    "model": "string",
+#: The columns `instance_attributes` gives (by global id) and their names in fields.parquet.
+ATTRIBUTE_COLUMNS: dict[str, str] = {
+    "class": "lisegagr:class",
+    "field_score": "lisegagr:field_score",
+    "predicted_iou": "lisegagr:predicted_iou",
+    "stability_score": "lisegagr:stability_score",
+    "stage": "lisegagr:stage",
+    "tiles": "lisegagr:tiles",
+    "model": "lisegagr:model",
+    "classifier": "lisegagr:classifier",
 }
 
 
@@ -210,24 +216,66 @@ def write_fields(
     attributes: pd.DataFrame,
     crs: CRS | None,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    collection: str = "lisegagr",
+    determined: datetime.datetime | None = None,
 ) -> gpd.GeoDataFrame:
-    """GeoParquet of one row per instance: id, class, score, area, perimeter and `attributes`.
+    """fields.parquet as fiboa 0.3 GeoParquet (`lisegagr_core.fiboa`), one row per instance:
+    `id` (its value in `labels`, as text), `collection`, the geometry, `metrics:area` (m²),
+    `metrics:perimeter` (m), `determination:method` (auto-imagery), `determination:datetime`
+    (`determined`, the imagery's date, or null) and the project's ``lisegagr:`` properties
+    from `attributes`. Column types and nullability are the same whether fields were found
+    or not; returns the table written.
 
-    attributes: indexed by global id (columns such as field_score, tiles, model).
+    attributes: indexed by global id (columns of `ATTRIBUTE_COLUMNS`, any subset).
     """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     ids = sorted(geometries)
-    frame = gpd.GeoDataFrame(
-        {"id": np.asarray(ids, np.int64)},
-        geometry=gpd.GeoSeries([geometries[i] for i in ids], dtype="geometry"),
-        crs=crs.to_wkt() if crs is not None else None,
+    geometry = gpd.GeoSeries(
+        [geometries[i] for i in ids], dtype="geometry", crs=crs.to_wkt() if crs else None
     )
-    frame["area"] = frame.geometry.area
-    frame["perimeter"] = frame.geometry.length
-    frame = frame.join(attributes, on="id")
+    area, perimeter = fiboa.metrics(geometry)
+    frame = gpd.GeoDataFrame(
+        {
+            "id": pd.array([str(i) for i in ids], dtype="string"),
+            "collection": collection,
+            "metrics:area": area,
+            "metrics:perimeter": perimeter,
+            "determination:method": fiboa.DETERMINATION_METHOD,
+            "determination:datetime": pd.Series([determined] * len(ids), dtype=object),
+        },
+        geometry=geometry,
+    )
+    provenance = attributes.rename(columns=ATTRIBUTE_COLUMNS).reindex(
+        columns=list(fiboa.LISEGAGR_PROPERTIES)
+    )
+    frame = frame.join(provenance.set_axis(provenance.index.astype(str)), on="id")
+    frame["determination:datetime"] = pd.to_datetime(frame["determination:datetime"], utc=True)
+    frame["lisegagr:class"] = frame["lisegagr:class"].fillna(CLASS_UNCLASSIFIED)  # no attributes
     # the same column types whether the run found many fields or none (no null-typed columns)
-    frame = frame.astype({k: v for k, v in FIELD_COLUMNS.items() if k in frame.columns})
+    frame = frame.astype(fiboa.FIELD_TYPES)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)  # GeoParquet metadata by geopandas
+    table = pq.read_table(pa.BufferReader(buffer.getvalue()))
+    schema = pa.schema(
+        [  # Parquet strings as `string` (not large_string), required columns never null
+            (f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f).with_nullable(
+                f.name not in fiboa.REQUIRED
+            )
+            for f in table.schema
+        ],
+        metadata={
+            **(table.schema.metadata or {}),
+            b"collection": json.dumps(fiboa.collection_metadata(collection)).encode(),
+        },
+    )
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    frame.to_parquet(path, filesystem=fs)
+    with fs.open(path, "wb") as stream:
+        pq.write_table(table.cast(schema), stream)
     return frame
 
 

@@ -14,6 +14,7 @@ tiles agree at their borders.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import logging
 import math
@@ -66,6 +67,8 @@ class SourceRaster:
     offset: tuple[int, int]
     limits: NDArray[np.float64] | None
     opener: Any = field(repr=False, default=None)
+    acquired: str | None = None
+    """When the imagery was taken (ISO 8601, UTC), if its metadata says."""
 
     def open(self) -> Any:
         return _open(self.url, self.opener)
@@ -150,6 +153,7 @@ class RasterSet:
             "shape": [self.height, self.width],
             "upscale": self.upscale,
             "upscale_model": self.upscale_model,
+            "datetime": max((r.acquired for r in self.rasters if r.acquired), default=None),
         }
 
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
@@ -362,6 +366,7 @@ def _inspect_dataset(
                 offset=(0, 0),
                 limits=limits,
                 opener=fs,
+                acquired=_acquired(dataset),
             )
     except PermissionError:
         raise InputError(
@@ -372,6 +377,15 @@ def _inspect_dataset(
     except RasterioError as exc:
         raise InputError(f"{name} is not a readable raster ({_short(exc)}).") from None
     return raster, chosen
+
+
+def _acquired(dataset: Any) -> str | None:
+    """The acquisition time of a raster (ISO 8601, UTC), from its metadata, or None."""
+    from lisegagr_core.fiboa import acquisition_datetime
+
+    tags = {**dataset.tags(), **dataset.tags(ns="IMAGERY")}
+    acquired = acquisition_datetime(tags)
+    return acquired.astimezone(datetime.UTC).isoformat() if acquired else None
 
 
 def _check_complete(dataset: Any, name: str, file_size: int | None) -> None:

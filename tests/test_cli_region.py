@@ -81,8 +81,8 @@ def test_sentinel2_keeps_its_crs_and_the_outputs_line_up(s2_run: tuple[Path, Pat
         and maxy <= bounds.top
     )
     # a field's polygon covers its own pixels: the area matches the pixel count × 2.5 m × 2.5 m
-    largest = fields.sort_values("area").iloc[-1]
-    assert largest.area == pytest.approx((labels == largest.id).sum() * 6.25)
+    largest = fields.sort_values("metrics:area").iloc[-1]
+    assert largest["metrics:area"] == pytest.approx((labels == int(largest.id)).sum() * 6.25)
 
 
 @pytest.mark.parametrize("fmt", ["gpkg", "geojson", "fgb"])

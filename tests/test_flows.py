@@ -265,9 +265,10 @@ def test_the_flow_classifies_every_field_and_the_outputs_agree(tmp_path: Path) -
     )
     labels, classes = mosaic["labels"].values, mosaic["classes"].values
     assert len(fields) == summary.fields > 0
-    for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
+    columns = ["id", "lisegagr:field_score", "lisegagr:class"]
+    for field_id, score, field_class in fields[columns].to_numpy():
         assert field_class == (1 if score >= 0.5 else 2)
-        assert (classes[labels == field_id] == field_class).all()
+        assert (classes[labels == int(field_id)] == field_class).all()
     assert np.isin(classes, [0, 1, 2, 255]).all()  # every instance classified, or nodata
 
 

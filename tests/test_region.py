@@ -143,8 +143,8 @@ def test_zarr_and_geoparquet_are_georeferenced_and_line_up(tmp_path: Path) -> No
     assert fields.crs.to_epsg() == 32616
     assert len(fields) == report.fields == labels.max()
     assert fields.geometry.is_valid.all()
-    for row in fields.itertuples():
-        assert row.area == pytest.approx((labels == row.id).sum())  # 1 m² pixels
+    for field_id, area in fields[["id", "metrics:area"]].to_numpy():
+        assert area == pytest.approx((labels == int(field_id)).sum())  # 1 m² pixels
     minx, miny, maxx, maxy = fields.total_bounds
     assert minx >= 400_000 and maxy <= 4_400_000 and maxx <= 400_640 and miny >= 4_400_000 - 640
 
@@ -315,11 +315,12 @@ def test_a_classifier_fills_scores_and_classes_that_agree_and_alone_recomputes(
     fields = gpd.read_parquet(tmp_path / "out" / "fields.parquet")
     mosaic = _mosaic_labels(tmp_path / "out")
     labels, classes = mosaic["labels"].values, mosaic["classes"].values
-    assert fields["field_score"].between(0, 1).all()
-    assert set(fields["class"]) <= {1, 2}
-    for field_id, score, field_class in fields[["id", "field_score", "class"]].to_numpy():
+    assert fields["lisegagr:field_score"].between(0, 1).all()
+    assert set(fields["lisegagr:class"]) <= {1, 2}
+    columns = ["id", "lisegagr:field_score", "lisegagr:class"]
+    for field_id, score, field_class in fields[columns].to_numpy():
         assert field_class == (1 if score >= 0.5 else 2)
-        assert (classes[labels == field_id] == field_class).all()
+        assert (classes[labels == int(field_id)] == field_class).all()
     assert (classes[labels == 0] == 0).all()  # background with data
     assert {s.status for s in first.tiles.values()} == {"computed"}
 
@@ -457,7 +458,7 @@ def test_geoparquet_has_one_schema_whether_fields_are_found_or_not(tmp_path: Pat
     assert found.fields > 0 and nothing.fields == 0
     schemas = [pq.read_schema(tmp_path / name / "fields.parquet") for name in ("found", "nothing")]
     assert schemas[0].remove_metadata() == schemas[1].remove_metadata()
-    assert str(schemas[1].field("class").type) == "uint8"
+    assert str(schemas[1].field("lisegagr:class").type) == "uint8"
     assert "null" not in {str(f.type) for f in schemas[1]}
 
 

@@ -248,8 +248,8 @@ def instance_attributes(
     model: str,
 ) -> pd.DataFrame:
     """Per global id: provenance (tiles and their hashes), SAM's scores and the field score,
-    each weighted by the area of the instance's pieces in the tile cores, the class, and the
-    model. Without a classifier every instance is unclassified."""
+    each weighted by the area of the instance's pieces in the tile cores, the class, the
+    model and the classifier's hash. Without a classifier every instance is unclassified."""
     results = TileResults.for_grid(grid, paths, statuses)
     rows: list[dict[str, Any]] = []
     for spec in grid:
@@ -278,7 +278,7 @@ def instance_attributes(
                 )
     columns = ["predicted_iou", "stability_score", "stage", "tiles", "class", "field_score"]
     if not rows:
-        return pd.DataFrame(columns=[*columns, "model"])
+        return pd.DataFrame(columns=[*columns, "model", "classifier"])
     pieces = pd.DataFrame(rows)
     weights = pieces["weight"]
     scored = pieces["field_score"].notna()
@@ -305,6 +305,7 @@ def instance_attributes(
     ).astype(np.uint8)
     attributes = attributes[columns]
     attributes["model"] = model
+    attributes["classifier"] = classifier_hash
     return attributes
 
 
@@ -359,8 +360,27 @@ def write_chunk_row(
 
 
 def vectorise(grid: TileGrid, paths: RegionPaths, attributes: pd.DataFrame) -> int:
-    """fields.parquet from the written mosaic; returns the number of fields."""
+    """fields.parquet (fiboa GeoParquet) from the written mosaic, its collection named after
+    the output folder, dated by the imagery the manifest records; returns the number of
+    fields."""
+    import datetime
+
+    from lisegagr_core.fiboa import collection_id
+    from lisegagr_core.run.manifest import read_manifest
+
     group = open_mosaic(paths.mosaic, paths.storage_options)
     geometries = vectorise_mosaic(group, grid)
-    frame = write_fields(paths.fields, geometries, attributes, grid.crs, paths.storage_options)
+    try:
+        acquired = read_manifest(paths.root, dict(paths.storage_options)).input.get("datetime")
+    except InputError:  # no manifest (the stage called on its own): no date
+        acquired = None
+    frame = write_fields(
+        paths.fields,
+        geometries,
+        attributes,
+        grid.crs,
+        paths.storage_options,
+        collection=collection_id(paths.root.rstrip("/").rsplit("/", 1)[-1]),
+        determined=datetime.datetime.fromisoformat(acquired) if acquired else None,
+    )
     return len(frame)
