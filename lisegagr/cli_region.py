@@ -392,6 +392,7 @@ def export(
     import geopandas as gpd
 
     from lisegagr_core.run import RegionPaths
+    from lisegagr_core.run.export import export_fields
 
     if format == "cog":
         from lisegagr_core.run.export import export_cogs
@@ -414,11 +415,8 @@ def export(
         with storage_errors(source):
             fields = gpd.read_parquet(source)
         check_writable(target.rsplit("/", 1)[0] if "/" in target else ".")
-        options = {}
-        if format == "geojson" and fields.crs is not None:  # RFC 7946: WGS84, no `crs` member
-            fields, options = fields.to_crs(4326), {"RFC7946": "YES"}
-        with storage_errors(target):
-            fields.to_file(target, driver=EXPORT_DRIVERS[format], **options)
+        with storage_errors(target):  # MultiPolygon, typed columns even when empty
+            export_fields(fields, target, format)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
     except (OSError, ValueError) as exc:

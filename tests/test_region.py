@@ -7,6 +7,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import rioxarray  # noqa: F401
@@ -480,9 +481,55 @@ def test_geojson_export_is_wgs84_per_rfc_7946_and_other_formats_keep_the_crs(
         assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "out" / "fields.geojson").read_text())
     assert "crs" not in document
-    x, y = document["features"][0]["geometry"]["coordinates"][0][0]
+    assert document["features"][0]["geometry"]["type"] == "MultiPolygon"
+    x, y = document["features"][0]["geometry"]["coordinates"][0][0][0]
     assert -89 < x < -88 and 39 < y < 40  # UTM 16N at 400 km E, 4400 km N: Illinois
     assert gpd.read_file(tmp_path / "out" / "fields.gpkg").crs.to_epsg() == 32616
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "fgb", "geojson"])
+def test_an_empty_runs_export_keeps_the_schema_and_appends_to_a_full_one(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A night without fields exports the same layer (MultiPolygon, the same typed columns)
+    as a night with fields, so appending nightly exports into one layer keeps working."""
+    import pyogrio
+    from typer.testing import CliRunner
+
+    from lisegagr.cli import app
+    from lisegagr_core.standins.farmland import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=7)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    _run(path, scene.instances.astype(np.int64), tmp_path / "found")
+    _run(path, np.zeros_like(scene.instances, np.int64), tmp_path / "nothing")
+    exports = {}
+    for name in ("found", "nothing"):
+        exports[name] = tmp_path / f"{name}.{fmt}"
+        result = CliRunner().invoke(
+            app, ["export", str(tmp_path / name), "--format", fmt, "--to", str(exports[name])]
+        )
+        assert result.exit_code == 0, result.output
+    full, empty = pyogrio.read_info(exports["found"]), pyogrio.read_info(exports["nothing"])
+    assert (
+        full["features"] > 0
+        and pyogrio.read_info(exports["nothing"], force_feature_count=True)["features"] == 0
+    )
+    if fmt != "geojson":  # GeoJSON has no schema but its features' (RFC 7946)
+        assert full["geometry_type"] == empty["geometry_type"] == "MultiPolygon"
+        assert list(zip(empty["fields"], empty["dtypes"], strict=True)) == list(
+            zip(full["fields"], full["dtypes"], strict=True)
+        )
+    before = gpd.read_file(exports["found"])
+    pyogrio.write_dataframe(
+        gpd.read_file(exports["nothing"]), exports["found"], driver=None, append=True
+    )
+    after = pyogrio.read_info(exports["found"])
+    assert (after["geometry_type"], list(after["fields"])) == (
+        full["geometry_type"],
+        list(full["fields"]),
+    )
+    pd.testing.assert_frame_equal(gpd.read_file(exports["found"]), before)
 
 
 def test_gdal_opens_the_mosaic_with_its_crs_transform_and_the_cogs_nodata(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A run's rasters for any GIS: `labels` and `classes` as Cloud-Optimised GeoTIFFs."""
+"""A run's outputs for any GIS: `labels` and `classes` as Cloud-Optimised GeoTIFFs, the field
+polygons as GeoPackage, GeoJSON or FlatGeobuf with one schema whether fields were found or not."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import geopandas as gpd
+import shapely
 from rasterio.windows import Window
 
 from lisegagr_core.mosaic import open_mosaic, write_cog
@@ -35,3 +38,30 @@ def export_cogs(
             target_fs.put_file(local, f"{target.rstrip('/')}/{name}.tif")
             written.append(f"{folder.rstrip('/')}/{name}.tif")
     return written
+
+
+#: Vector formats of `export_fields`, by the name `lisegagr export --format` takes.
+VECTOR_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
+
+
+def as_multipolygons(fields: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """`fields` with every geometry a MultiPolygon (a Polygon becomes one of one part)."""
+    geometries = fields.geometry.values
+    parts, index = shapely.get_parts(geometries, return_index=True)
+    multi = shapely.multipolygons(parts, indices=index) if len(fields) else geometries
+    return fields.set_geometry(gpd.GeoSeries(multi, index=fields.index, crs=fields.crs))
+
+
+def export_fields(fields: gpd.GeoDataFrame, target: str, format: str) -> None:
+    """Write a run's fields to `target` as `format` (a key of `VECTOR_DRIVERS`), with the same
+    layer schema whether `fields` has rows or not: geometry type MultiPolygon, every column
+    typed from the table's types (GeoPackage, FlatGeobuf), so nightly exports append into one
+    layer. GeoJSON is RFC 7946: WGS 84 and no `crs` member; it has no schema of its own, so an
+    empty one is a FeatureCollection without features (it appends as nothing)."""
+    if format not in VECTOR_DRIVERS:
+        raise ValueError(f"fields are exported as {', '.join(VECTOR_DRIVERS)}, not {format!r}")
+    frame = as_multipolygons(fields)
+    options: dict[str, Any] = {"geometry_type": "MultiPolygon"}
+    if format == "geojson" and frame.crs is not None:
+        frame, options = frame.to_crs(4326), {**options, "RFC7946": "YES"}
+    frame.to_file(target, driver=VECTOR_DRIVERS[format], **options)
