@@ -55,9 +55,11 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_PATTERN = "step-*.pt"
 # Independent random streams of a run, each seeded by (seed, stream, step).
 _TRAIN_STREAM, _VALIDATION_STREAM, _BATCH_STREAM = 0, 1, 2
-# Settings that may differ when a run resumes: they change no weight, only bookkeeping.
+# Settings that may differ when a run resumes: they change no weight, only bookkeeping; and
+# `steps`, which ends a run early (as many steps as the checkpoint has: the model is written
+# from it) or extends it (the learning-rate schedule is stretched from there).
 _RESUMABLE_CHANGES = frozenset(
-    {"device", "val_every", "checkpoint_every", "keep_checkpoints", "log_every"}
+    {"device", "val_every", "checkpoint_every", "keep_checkpoints", "log_every", "steps"}
 )
 
 
@@ -577,6 +579,11 @@ def _restore(
         raise InputError(
             f"{path} was saved by a run on other images; "
             "delete its folder or pass --no-resume to start afresh."
+        )
+    if int(saved["step"]) > config.steps:
+        raise InputError(
+            f"{path} has {saved['step']} steps already, more than the {config.steps} asked; "
+            f"pass --steps {saved['step']} to write the model from it."
         )
     sam.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
