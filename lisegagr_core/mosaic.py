@@ -117,8 +117,10 @@ def create_mosaic(
             "flag_meanings": "none field non_field unclassified",
         }
     )
-    # zlib: a codec every GDAL build has (blosc and zstd are optional in GDAL)
-    codec = {"compressors": (Zlib(level=5),)} if zarr_format == 2 else {}
+    # zlib: a codec every GDAL build has (blosc and zstd are optional in GDAL). Level 9: a
+    # 4096² mosaic of 896² chunks takes 0.39 MB, 0.9 s to write (level 5: 0.84 MB, 0.5 s;
+    # v3's zstd: 0.22 MB, 0.2 s), against about 12 s of segmentation per tile
+    codec = {"compressors": (Zlib(level=9),)} if zarr_format == 2 else {}
     dataset["labels"].encoding.update({"chunks": chunks, **codec})
     if zarr_format == 3:
         dataset["labels"].encoding["fill_value"] = 0  # v3 has no null fill value
