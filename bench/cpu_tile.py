@@ -136,7 +136,7 @@ def main() -> None:
                     "amg.points_per_side": points,
                     "amg.skip_white_prompts": skip,
                 },
-                model_settings={"amg": loaded.settings},
+                model_settings=loaded.engine_settings,
             )
             runs = [one_pass(loaded, config, image, classifier) for _ in range(args.repeats)]
             best = min(runs, key=lambda run: run[0]["seconds"])[0]

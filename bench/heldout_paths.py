@@ -94,6 +94,7 @@ def main() -> None:
         workdir=args.workdir,
         paths=args.paths.split(","),
         classifier=classifier,
+        weights_dir=args.weights,
         on_result=save,
     )
     print(f"{output} in {time.perf_counter() - started:.0f} s")

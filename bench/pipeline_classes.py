@@ -59,7 +59,7 @@ def main() -> None:
     summary = json.loads(summary_path_of(DEFAULT_WEIGHTS_DIR / spec.filename).read_text())
     scenes = load_scenes(SHARED / "agoro-naip", summary["data"]["validation_names"])
     config = load_config(
-        None, {"working_size": args.working_size}, model_settings={"amg": sam.settings}
+        None, {"working_size": args.working_size}, model_settings=sam.engine_settings
     )
     source = SamMaskSource(sam, config.amg)
 

@@ -107,7 +107,7 @@ def _engine_setup(
     from lisegagr_core.sources import SamMaskSource
 
     sam = load_chosen_sam(model, weights_dir, device)
-    config = load_config(config_path, overrides, model_settings={"amg": sam.settings})
+    config = load_config(config_path, overrides, model_settings=sam.engine_settings)
     return SamMaskSource(sam, config.amg), config, model_description(sam)
 
 

@@ -332,7 +332,7 @@ def _evaluate_and_record(
 
     manifest = Manifest.load(weights_dir / MANIFEST_NAME)
     sam = load_sam(name, weights_dir=weights_dir, manifest=manifest, device=device)
-    config = load_config(None, overrides, model_settings={"amg": sam.settings})
+    config = load_config(None, overrides, model_settings=sam.engine_settings)
     grid = EvaluationGrid(**{key: value for key, value in grid_lists.items() if value})
     scenes = load_scenes(data, image_names)
     with RichProgress() as progress:

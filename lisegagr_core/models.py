@@ -49,6 +49,7 @@ from lisegagr_core.weights import (
     WeightsError,
     choose_model,
     display_path,
+    engine_settings,
     sha256_file,
     verify_checkpoint,
 )
@@ -83,6 +84,11 @@ class LoadedSam:
     origin: ModelOrigin
     input_gsd_m: float | None = None
     """Metres of ground per input pixel the model was trained at (the manifest's), if known."""
+
+    @property
+    def engine_settings(self) -> dict[str, Any]:
+        """The recorded settings as engine sections, for `config.load_config(model_settings=)`."""
+        return engine_settings(self.settings)
 
 
 def build_sam(arch: SamArchitecture) -> Sam:

@@ -25,7 +25,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from lisegagr_core.architectures import ARCHITECTURES, TINY_MODEL_NAME, SamArchitecture
-from lisegagr_core.config import AmgSettings
+from lisegagr_core.config import AmgSettings, EngineConfig
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.progress import ProgressCallback, ProgressUpdate, ignore_progress
 
@@ -80,6 +80,19 @@ class CheckpointSpec:
     input_gsd_m: float | None = None
     """Metres of ground per model-input pixel in the imagery the model was trained on (None:
     not recorded, e.g. Meta's models, trained on imagery of every scale)."""
+
+
+def engine_settings(settings: dict[str, Any], *, validate: bool = False) -> dict[str, Any]:
+    """A manifest entry's recorded settings as engine sections (``{"amg": {...}, "rounds":
+    {...}}``): entries hold either AMG settings alone (flat, as Meta-style tuning records
+    them) or sections of `EngineConfig` (a model whose method settings were tuned too).
+    `validate` raises pydantic's ValidationError when they do not fit."""
+    sectioned = bool(settings) and set(settings) <= set(EngineConfig.model_fields)
+    sections = dict(settings) if sectioned else {"amg": dict(settings)}
+    if validate:
+        EngineConfig.model_validate(sections)
+        AmgSettings.model_validate(sections.get("amg", {}))
+    return sections
 
 
 @dataclass(frozen=True)
@@ -415,10 +428,10 @@ def _spec_from_json(name: str, entry: object, shown: str) -> CheckpointSpec:
     if not isinstance(settings, dict):
         raise WeightsError(f"{where} needs 'settings' as an object of AMG settings")
     try:
-        AmgSettings.model_validate(settings)
+        engine_settings(settings, validate=True)
     except ValidationError as err:
         problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise WeightsError(f"{where} has invalid AMG settings ({problem})") from err
+        raise WeightsError(f"{where} has invalid settings ({problem})") from err
     input_gsd_m = entry.get("input_gsd_m")
     if input_gsd_m is not None and (
         isinstance(input_gsd_m, bool)

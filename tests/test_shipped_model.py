@@ -96,7 +96,7 @@ def test_default_model_finds_fields_on_a_held_out_naip_image(shared_data: Path) 
     spec = MANIFEST.entries[MANIFEST.default]
     held_out = json.loads(summary_path_of(DEFAULT_WEIGHTS_DIR / spec.filename).read_text())
     [scene] = load_scenes(shared_data / "agoro-naip", held_out["data"]["validation_names"][:1])
-    config = load_config(None, {"working_size": 512}, model_settings={"amg": sam.settings})
+    config = load_config(None, {"working_size": 512}, model_settings=sam.engine_settings)
     image, _ = resize_to_working_size(scene.rgb, config.working_size)
     truth = resize_labels(scene.instances, image.shape[:2])
 

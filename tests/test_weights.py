@@ -266,6 +266,22 @@ def test_manifest_reads_project_trained_entry(tmp_path: Path) -> None:
     assert manifest.find_by_sha256(CHECKPOINT_SHA256) is spec
 
 
+def test_recorded_settings_are_amg_settings_or_engine_sections() -> None:
+    from lisegagr_core.config import load_config
+    from lisegagr_core.weights import engine_settings
+
+    flat = {"points_per_side": 16, "pred_iou_thresh": 0.5}
+    assert engine_settings(flat) == {"amg": flat}
+    sections = {"amg": {"generator": "field-head"}, "rounds": {"max_rounds": 1}}
+    assert engine_settings(sections) == sections
+    config = load_config(None, {"amg.points_per_side": 8}, model_settings=sections)
+    assert config.amg.generator == "field-head" and config.amg.points_per_side == 8
+    assert config.rounds.max_rounds == 1
+    assert (
+        load_config(None, {"rounds.max_rounds": 3}, model_settings=sections).rounds.max_rounds == 3
+    )
+
+
 def test_manifest_with_bad_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
     path.write_text('{"default": "tiny",')
@@ -280,8 +296,10 @@ def test_manifest_with_bad_json_names_the_file(tmp_path: Path) -> None:
         ({"sha256": "ABC"}, "64 lowercase hex"),
         ({"arch": "vit_x"}, "needs 'arch' naming one of"),
         ({"filename": "../escape.pth"}, "bare 'filename'"),
-        ({"settings": {"points_per_side": 0}}, "invalid AMG settings"),
-        ({"settings": {"no_such_setting": 1}}, "invalid AMG settings"),
+        ({"settings": {"points_per_side": 0}}, "invalid settings"),
+        ({"settings": {"no_such_setting": 1}}, "invalid settings"),
+        ({"settings": {"amg": {"points_per_side": 0}}}, "invalid settings"),
+        ({"settings": {"rounds": {"max_rounds": 0}}}, "invalid settings"),
         ({"architecture": {"encoder_embed_dim": 64}}, "invalid architecture"),
         ({"colour": "blue"}, "unknown keys"),
     ],

@@ -173,7 +173,7 @@ def evaluate_model(
         raise ValueError(f"full_method_top must be at least 1, not {full_method_top}")
     grid = grid if grid is not None else EvaluationGrid()
     if config is None:
-        config = load_config(None, model_settings={"amg": sam.settings})
+        config = load_config(None, model_settings=sam.engine_settings)
     prepared = [_at_working_size(scene, config.working_size) for scene in scenes]
     combinations = grid.combinations()
     finalists = min(full_method_top, len(combinations))

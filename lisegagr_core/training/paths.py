@@ -38,6 +38,7 @@ from lisegagr_core.source_specs import SamSpec
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training.data import AnnotatedSource, read_scene
 from lisegagr_core.training.machine import machine
+from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ def score_paths(
     workdir: Path,
     paths: Sequence[str] = PATHS,
     classifier: str | None = None,
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR,
     on_result: Callable[[PathResult], None] | None = None,
 ) -> list[PathResult]:
-    """Score every variant through every path on `sources` (images with field polygons)."""
+    """Score every variant through every path on `sources` (images with field polygons);
+    `weights_dir` is where the run's workers find `sam` by its name."""
     unknown = sorted(set(paths) - set(PATHS))
     if unknown:
         raise ValueError(f"unknown paths {unknown}; choose from {PATHS}")
@@ -82,7 +85,9 @@ def score_paths(
             if path == "segment":
                 found = [_score_segment(sam, scenes, name, dict(overrides))]
             else:
-                found = _score_run(sam, scenes, name, dict(overrides), workdir, classifier)
+                found = _score_run(
+                    sam, scenes, name, dict(overrides), workdir, classifier, weights_dir
+                )
             for result in found:
                 log.info(
                     "%s via %s: F1 %.3f pixel IoU %.3f",
@@ -124,7 +129,7 @@ def _score_segment(
     overrides: dict[str, Any],
 ) -> PathResult:
     engine = {key: value for key, value in overrides.items() if not key.startswith(_RUN)}
-    config = load_config(None, engine, model_settings={"amg": dict(sam.settings)})
+    config = load_config(None, engine, model_settings=sam.engine_settings)
     source = SamMaskSource(sam, config.amg)
     parts, instances, started = [], 0, time.perf_counter()
     for annotated, truth in scenes:
@@ -141,6 +146,7 @@ def _score_run(
     overrides: dict[str, Any],
     workdir: Path,
     classifier: str | None,
+    weights_dir: Path,
 ) -> list[PathResult]:
     from lisegagr_core.evaluation import read_predictions
     from lisegagr_core.run import run_region
@@ -152,11 +158,10 @@ def _score_run(
     }
     if classifier is not None:
         engine["classifier"] = classifier
-    config = load_region_config(None, engine, model_settings={"amg": dict(sam.settings)})
-    weights_dir = str(Path(sam.name).parent) if Path(sam.name).is_file() else "weights"
+    config = load_region_config(None, engine, model_settings=sam.engine_settings)
     spec = SamSpec(
         sam.name,
-        str(Path(weights_dir).absolute()),
+        str(weights_dir.absolute()),
         sam.checkpoint_sha256,
         model_description(sam),
         str(sam.device),
