@@ -204,6 +204,17 @@ def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return box[0], box[1], box[2], box[3]
 
 
+def _stac_sources(sources: list[str], asset: str | None) -> list[str]:
+    """STAC sources with the assets to read (`stac.with_assets`), or one sentence."""
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.stac import check_sources
+
+    try:
+        return check_sources(sources, asset)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+
 BboxOption = Annotated[
     str | None,
     typer.Option(help="minx,miny,maxx,maxy in the rasters' CRS: map only this box."),
@@ -224,10 +235,18 @@ WorkersOption = Annotated[
 @app.command()
 def run(
     sources: Annotated[
-        list[str], typer.Argument(help="Rasters, globs or folders (local, s3://, any fsspec URL).")
+        list[str],
+        typer.Argument(
+            help="Rasters, globs, folders or STAC items, item collections, static catalogs "
+            "(.json; local, s3://, any fsspec URL)."
+        ),
     ],
     output: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")],
     bands: Annotated[str | None, typer.Option(help="Bands as RGB, e.g. 4,3,2 (1-based).")] = None,
+    asset: Annotated[
+        str | None,
+        typer.Option(help="STAC sources: the asset(s) of each item, visual (default) or R,G,B."),
+    ] = None,
     upscale: Annotated[int | None, typer.Option(help="Super-resolution factor (Lanczos).")] = None,
     upscale_model: Annotated[
         Path | None, typer.Option(help="Super-resolution weights (spandrel, e.g. Real-ESRGAN).")
@@ -260,6 +279,7 @@ def run(
     ] = False,
 ) -> None:
     """Map the fields of a region: tiles on Dask workers, merge, mosaic.zarr, fields.parquet."""
+    sources = _stac_sources(sources, asset)
     overrides: dict[str, Any] = {}
     for key, value in (
         ("bands", parse_bands(bands)),

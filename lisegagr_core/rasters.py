@@ -69,6 +69,9 @@ class SourceRaster:
     opener: Any = field(repr=False, default=None)
     acquired: str | None = None
     """When the imagery was taken (ISO 8601, UTC), if its metadata says."""
+    band_urls: tuple[str, ...] = ()
+    """A band stack (STAC assets of one item): the file of each band, single-band each;
+    `url` is the first. Empty for a raster of one file."""
 
     def open(self) -> Any:
         return _open(self.url, self.opener)
@@ -219,9 +222,21 @@ def _read_window(
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """((h, w, 3) uint8, (h, w) bool valid) of one raster's own `window`."""
     try:
-        with _opener_lock(raster.opener), raster.open() as dataset:
-            data = dataset.read(list(bands), window=window)
-            valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
+        if raster.band_urls:  # one file per band
+            planes, masks = [], []
+            for band in bands:
+                with (
+                    _opener_lock(raster.opener),
+                    _open(raster.band_urls[band - 1], raster.opener) as dataset,
+                ):
+                    planes.append(dataset.read(1, window=window))
+                    masks.append(dataset.read_masks(1, window=window))
+            data = np.stack(planes)
+            valid = np.all(np.stack(masks) > 0, axis=0)
+        else:
+            with _opener_lock(raster.opener), raster.open() as dataset:
+                data = dataset.read(list(bands), window=window)
+                valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
     except (RasterioError, OSError) as exc:
         message = f"{raster.url} could not be read at {window} ({_short(exc)})."
         if raster.opener is not None:  # read through a storage service: may pass on a retry
@@ -330,6 +345,82 @@ def _inspect(
     name = _display(path, fs)
     with storage_errors(name):
         return _inspect_dataset(name, path, fs, bands)
+
+
+def _inspect_stac(
+    source: str, bands: Sequence[int] | None, storage_options: Mapping[str, Any] | None
+) -> list[tuple[SourceRaster, tuple[int, ...]]]:
+    """The rasters of a STAC source (`stac`): one per item, its assets a band stack when
+    there are several; the item's datetime dates it. An item whose imagery has no CRS is
+    refused."""
+    from lisegagr_core.stac import stac_rasters
+
+    inspected = []
+    for item in stac_rasters(source, storage_options):
+        files = [
+            (href, None) if "://" not in href else expand_sources([href], storage_options)[0]
+            for href in item.hrefs
+        ]
+        if len(files) == 1:
+            raster, chosen = _inspect(files[0][0], files[0][1], bands)
+        else:
+            raster, chosen = _inspect_stack(files, bands)
+        if raster.crs is None:
+            raise InputError(
+                f"{source}: item {item.item} has no CRS ({raster.url} is not georeferenced)."
+            )
+        acquired = _stac_datetime(item.datetime) or raster.acquired
+        inspected.append((SourceRaster(**{**raster.__dict__, "acquired": acquired}), chosen))
+    return inspected
+
+
+def _stac_datetime(text: str | None) -> str | None:
+    from lisegagr_core.fiboa import acquisition_datetime
+
+    when = acquisition_datetime({"datetime": text}) if text else None
+    return when.astimezone(datetime.UTC).isoformat() if when else None
+
+
+def _inspect_stack(
+    files: Sequence[tuple[str, Any]], bands: Sequence[int] | None
+) -> tuple[SourceRaster, tuple[int, ...]]:
+    """One raster of several single-band files of one grid (band i from file i)."""
+    parts = [_inspect(path, fs, (1,))[0] for path, fs in files]
+    first = parts[0]
+    chosen = tuple(bands) if bands else tuple(range(1, len(parts) + 1))
+    for band in chosen:
+        if not 1 <= band <= len(parts):
+            raise InputError(
+                f"{first.url}: band {band} is out of range; the item's assets give "
+                f"{len(parts)} band(s)."
+            )
+    if len(chosen) not in (1, 3):
+        raise InputError(f"{first.url}: choose one or three bands, not {len(chosen)}.")
+    for part in parts[1:]:
+        if (part.width, part.height, part.crs, part.transform) != (
+            first.width,
+            first.height,
+            first.crs,
+            first.transform,
+        ):
+            raise InputError(f"{part.url} is not on the grid of {first.url}, its item's band.")
+    limits = None
+    if any(p.limits is not None for p in parts):  # each file's stretch, in band order
+        stacked = np.concatenate(
+            [p.limits if p.limits is not None else np.array([[0.0, 255.0]]) for p in parts]
+        )
+        limits = stacked[np.asarray(chosen) - 1]
+    return (
+        SourceRaster(
+            **{
+                **first.__dict__,
+                "count": len(parts),
+                "limits": limits,
+                "band_urls": tuple(p.url for p in parts),
+            }
+        ),
+        chosen,
+    )
 
 
 def _inspect_dataset(
@@ -448,7 +539,16 @@ def open_rasters(
         upscale = load_upscaler(upscale_model)[1]
     if upscale < 1:
         raise InputError(f"upscale must be a whole factor of 1 or more, not {upscale}.")
-    inspected = [_inspect(path, fs, bands) for path, fs in expand_sources(sources, storage_options)]
+    from lisegagr_core.stac import is_stac
+
+    inspected = []
+    for source in sources:
+        if is_stac(source):
+            inspected += _inspect_stac(source, bands, storage_options)
+        else:
+            inspected += [
+                _inspect(path, fs, bands) for path, fs in expand_sources([source], storage_options)
+            ]
     rasters = [r for r, _ in inspected]
     chosen = inspected[0][1]
     first = rasters[0]
