@@ -8,11 +8,17 @@ the task on a worker that declares the ``GPU`` resource.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lisegagr_core.grid import TileSpec
+from lisegagr_core.run.manifest import TileStatus
+from lisegagr_core.run.pipeline import RegionRun
 from lisegagr_core.run.stages import segment_batch
 from tasks.retries import retry_if_transient
+from tasks.worker_check import check_this_worker
 
 #: Resource annotation of tasks that need an accelerator (workers: `--resources GPU=1`).
 GPU = {"GPU": 1}
@@ -26,6 +32,12 @@ def _batch_name() -> str:
     return f"segment {specs[0].key}{more}"
 
 
+def segment_on_worker(run: RegionRun, specs: Sequence[TileSpec]) -> list[TileStatus]:
+    """`segment_batch`, on a worker that can do it (else WorkerUnfit, before any read)."""
+    check_this_worker(run)
+    return segment_batch(run, specs)
+
+
 segment_batch_task = task(
     name="segment-tiles",
     task_run_name=_batch_name,
@@ -34,4 +46,4 @@ segment_batch_task = task(
     retry_delay_seconds=[2, 10],
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
-)(segment_batch)
+)(segment_on_worker)

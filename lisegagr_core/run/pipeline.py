@@ -69,6 +69,8 @@ class RegionRun:
     classifier_hash: str | None = None
     notes: tuple[str, ...] = ()
     """What the user should know before the run starts (one line each)."""
+    lisegagr_version: str = field(default_factory=lambda: installed_version())
+    """The planning process's lisegagr: a worker with another one refuses the run's tiles."""
 
     @property
     def model(self) -> str:
@@ -82,6 +84,16 @@ class RegionRun:
         """The grid's tiles in tile order, `tiles_per_task` at a time."""
         specs, size = list(self.grid), self.config.tiles_per_task
         return [specs[i : i + size] for i in range(0, len(specs), size)]
+
+
+def installed_version() -> str:
+    """This process's lisegagr version (``unknown`` when it is not installed as a package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lisegagr")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def plan_run(
