@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,12 +24,22 @@ import dask
 from prefect import flow
 from prefect.futures import as_completed
 
+from flows.cluster import (
+    WAIT_FOR_WORKERS_S,
+    ClusterWatch,
+    Placement,
+    check_scheduler,
+    dask_client,
+)
 from lisegagr_core.config import RegionConfig, load_region_config
+from lisegagr_core.errors import LisegagrError
 from lisegagr_core.run import RegionRun, RunManifest, TileStatus, plan_run, run_pipeline
+from lisegagr_core.run.stages import segment_batch
 from lisegagr_core.source_specs import SamSpec
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 from tasks import STAGE_TASKS
 from tasks.tiles import GPU
+from tasks.worker_check import WorkerUnfit
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +74,26 @@ def listening_to_tiles(callback: TileCallback) -> Iterator[None]:
 
 
 class PrefectExecutor:
-    """Each stage as its Prefect task, submitted to the flow's task runner (Dask)."""
+    """Each stage as its Prefect task, submitted to the flow's task runner (Dask).
+
+    On Dask, segmentation is placed by `placement` (the resource it needs, how long to wait
+    for a worker offering it) and watched (`flows.cluster.ClusterWatch`): while no connected
+    worker can take it the run says so, and a worker that cannot segment is named and its
+    tiles go to the others."""
+
+    def __init__(self, placement: Placement | None = None, *, cpu_ok: bool = True) -> None:
+        self.placement = placement or Placement()
+        self.cpu_ok = cpu_ok
 
     def map(
         self, stage: Callable[..., T], jobs: Sequence[tuple[Any, ...]]
     ) -> Iterator[tuple[int, T | BaseException]]:
         task, resources = STAGE_TASKS[stage]
+        client = dask_client() if stage is segment_batch else None
+        if client is not None:
+            watch = ClusterWatch(client, self.placement, cpu_ok=self.cpu_ok)
+            yield from self._watched(task, jobs, watch)
+            return
         futures = {}
         with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
             for index, job in enumerate(jobs):
@@ -79,6 +104,56 @@ class PrefectExecutor:
             except Exception as exc:  # reported to the pipeline, which records it
                 yield futures[future], exc
 
+    def _watched(
+        self, task: Any, jobs: Sequence[tuple[Any, ...]], watch: ClusterWatch
+    ) -> Iterator[tuple[int, Any]]:
+        """Segmentation on a watched cluster: resources decided by the cluster, a batch refused
+        by an unfit worker sent again to the workers that can, no silent wait."""
+        resources = watch.decide_resources()
+        futures: dict[Any, int] = {}
+
+        def submit(index: int, workers: list[str] | None = None) -> None:
+            annotations: dict[str, Any] = {"resources": resources} if resources else {}
+            if workers is not None:
+                annotations.update(workers=workers, allow_other_workers=False)
+            with dask.annotate(**annotations):
+                futures[task.submit(*jobs[index])] = index
+
+        for index in range(len(jobs)):
+            submit(index)
+        refused: list[int] = []
+        try:
+            while futures or refused:
+                if refused and (capable := watch.capable()):
+                    for index in refused:
+                        submit(index, capable)
+                    refused = []
+                if not futures:
+                    watch.check()
+                    time.sleep(self.placement.poll_s)
+                    continue
+                done = _first_done(list(futures), self.placement.poll_s)
+                if not done:
+                    watch.check()
+                    continue
+                for future in done:
+                    index = futures.pop(future)
+                    try:
+                        result = future.result()
+                    except WorkerUnfit as exc:
+                        watch.refuse(exc.worker, str(exc))
+                        refused.append(index)
+                        continue
+                    except Exception as exc:  # reported to the pipeline, which records it
+                        result = exc
+                    watch.progressed()
+                    yield index, result
+        except BaseException:
+            for future in futures:  # nothing of this run stays queued on a shared cluster
+                with contextlib.suppress(Exception):
+                    future.wrapped_future.cancel()
+            raise
+
     def call(self, stage: Callable[..., T], *args: Any) -> T:
         task, resources = STAGE_TASKS[stage]
         with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
@@ -87,10 +162,59 @@ class PrefectExecutor:
         return result
 
 
+class _OneSentenceErrors(logging.Filter):
+    """Keeps a flow's one-sentence errors (LisegagrError) off the console: the command says
+    them itself, without Prefect's traceback. The Prefect API still records them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, LisegagrError)
+
+
+@contextlib.contextmanager
+def one_sentence_errors() -> Iterator[None]:
+    """Within: Prefect's console handlers leave out the tracebacks of LisegagrErrors."""
+    handlers = [
+        handler
+        for logger in (logging.getLogger(), logging.getLogger("prefect"))
+        for handler in logger.handlers
+        if type(handler).__name__ == "PrefectConsoleHandler"
+    ]
+    quiet = _OneSentenceErrors()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _first_done(futures: list[Any], timeout: float) -> list[Any]:
+    """The Prefect-on-Dask futures done within `timeout` seconds (none: an empty list)."""
+    import distributed
+
+    wrapped = {future.wrapped_future: future for future in futures}
+    client = next(iter(wrapped)).client
+    try:
+        with client.as_current():
+            finished = distributed.wait(
+                list(wrapped), timeout=timeout, return_when="FIRST_COMPLETED"
+            )
+    except TimeoutError:
+        return []
+    return [wrapped[f] for f in finished.done]
+
+
 @flow(name="lisegagr-map-region", flow_run_name="map {run.paths.root}", validate_parameters=False)
-def map_region(run: RegionRun) -> RunManifest:
-    """Map one planned region with the current task runner; returns the run's manifest."""
-    return run_pipeline(run, PrefectExecutor(), _notify)
+def map_region(run: RegionRun, placement: Placement | None = None) -> RunManifest:
+    """Map one planned region with the current task runner; returns the run's manifest.
+
+    `placement`: the resource segmentation needs and how long to wait for a worker offering
+    it (default: `auto`, `flows.cluster.WAIT_FOR_WORKERS_S`)."""
+    device = str(run.device or "")
+    executor = PrefectExecutor(placement, cpu_ok=not device.startswith("cuda"))
+    return run_pipeline(run, executor, _notify)
 
 
 def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any:
@@ -157,7 +281,7 @@ def sam_source(
         sam.architecture.image_size,
         sam.input_gsd_m,
     )
-    return spec, {"amg": dict(sam.settings)}
+    return spec, sam.engine_settings
 
 
 def with_default_classifier(
@@ -187,10 +311,17 @@ def region_flow(
     weights_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
     classify: bool = True,
+    segmentation_resource: str = "auto",
+    wait_for_workers: float = WAIT_FOR_WORKERS_S,
 ) -> RunManifest:
     """Map the fields of `sources` into `out` (see the module docstring)."""
+    if scheduler:
+        check_scheduler(scheduler)
     source, settings = sam_source(model, weights_dir, device)
     region_config = load_region_config(config, overrides, model_settings=settings)
     region_config = with_default_classifier(region_config, weights_dir, enabled=classify)
     run = plan_run(sources, out, region_config, source)
-    return map_region.with_options(task_runner=task_runner(scheduler, workers))(run)
+    placement = Placement(
+        segmentation_resource, wait_for_workers, resume_hint=f"lisegagr resume {out}"
+    )
+    return map_region.with_options(task_runner=task_runner(scheduler, workers))(run, placement)

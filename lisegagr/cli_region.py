@@ -99,15 +99,30 @@ def execute_run(
     source_spec: Any = None,
     classify: bool = True,
     overwrite: bool = False,
+    segmentation_resource: str = "auto",
+    wait_for_workers: float | None = None,
+    connect_timeout: float | None = None,
 ) -> RunManifest:
     """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
 
-    Bad input (a raster, a band, a checkpoint, a setting, a busy output) fails here in one
-    sentence, before any server or cluster starts. Returns the run's manifest.
+    Bad input (a raster, a band, a checkpoint, a setting, a busy output, a scheduler that does
+    not answer) fails here in one sentence, before any server or cluster starts. While no
+    worker can take segmentation the progress line says what the run waits for; after
+    `wait_for_workers` seconds the run stops, resumable (exit 1). Returns the run's manifest.
     """
+    from flows.cluster import (
+        CONNECT_TIMEOUT_S,
+        WAIT_FOR_WORKERS_S,
+        NoWorkers,
+        Placement,
+        check_scheduler,
+        listening_to_cluster,
+        parse_resource,
+    )
     from flows.region import (
         listening_to_tiles,
         map_region,
+        one_sentence_errors,
         sam_source,
         task_runner,
         with_default_classifier,
@@ -116,7 +131,17 @@ def execute_run(
     from lisegagr_core.config import load_region_config
     from lisegagr_core.run import RegionPaths, RunLock, TileStatus, plan_run
 
+    placement = Placement(
+        segmentation_resource,
+        WAIT_FOR_WORKERS_S if wait_for_workers is None else wait_for_workers,
+        resume_hint=f"lisegagr resume {output}",
+    )
     try:
+        parse_resource(segmentation_resource)
+        if scheduler:  # before anything is loaded, written or started
+            check_scheduler(
+                scheduler, CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
+            )
         _check_run_layout(config_path)
         settings: dict[str, Any] = {}
         if source_spec is None:
@@ -159,11 +184,34 @@ def execute_run(
             shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
             progress.update(bar, advance=1, counts=shown)
 
+        said = {"line": ""}
+
+        def on_cluster(kind: str, line: str, waited: float) -> None:
+            if kind == "unfit":
+                say("[yellow]worker:[/]", line)
+            elif kind == "note":
+                say("[yellow]note:[/]", line)
+            elif kind == "waiting":
+                if line != said["line"]:
+                    say("[yellow]waiting:[/]", line)
+                progress.update(bar, counts=f"waiting for workers {waited:.0f} s")
+            else:
+                shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
+                progress.update(bar, counts=shown or "segmenting")
+            said["line"] = line if kind == "waiting" else ""
+
         try:
-            with listening_to_tiles(on_tile):
+            with (
+                listening_to_tiles(on_tile),
+                listening_to_cluster(on_cluster),
+                one_sentence_errors(),
+            ):
                 manifest: RunManifest = map_region.with_options(
                     task_runner=task_runner(scheduler, workers)
-                )(planned)
+                )(planned, placement)
+        except NoWorkers as exc:
+            say("[bold red]error:[/]", str(exc))
+            raise typer.Exit(code=1) from None
         except LisegagrError as exc:
             raise fail(str(exc)) from None
     counts = manifest.counts
@@ -227,6 +275,32 @@ SchedulerOption = Annotated[
         help="An existing Dask scheduler (tcp://host:8786); default: a local cluster.",
     ),
 ]
+SegmentationResourceOption = Annotated[
+    str,
+    typer.Option(
+        "--segmentation-resource",
+        envvar="LISEGAGR_SEGMENTATION_RESOURCE",
+        help="Dask resource a worker must offer to segment: GPU=1, none (any worker), or auto "
+        "(GPU=1 when a worker offers it or the model needs CUDA, else any worker).",
+    ),
+]
+WaitForWorkersOption = Annotated[
+    float | None,
+    typer.Option(
+        "--wait-for-workers",
+        metavar="SECONDS",
+        help="How long a run waits for a worker that can segment before it stops, "
+        "resumable (default 600).",
+    ),
+]
+ConnectTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--connect-timeout",
+        metavar="SECONDS",
+        help="How long to try reaching --scheduler before refusing the run (default 10).",
+    ),
+]
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", help="Local cluster size (default: by GPUs or cores).")
 ]
@@ -274,6 +348,9 @@ def run(
     points_per_side: PointsOption = None,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
+    segmentation_resource: SegmentationResourceOption = "auto",
+    wait_for_workers: WaitForWorkersOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an output holding another region's map.")
     ] = False,
@@ -306,6 +383,9 @@ def run(
         workers=workers,
         classify=not no_classifier,
         overwrite=overwrite,
+        segmentation_resource=segmentation_resource,
+        wait_for_workers=wait_for_workers,
+        connect_timeout=connect_timeout,
     )
     if manifest.counts["failed"]:
         raise typer.Exit(code=1)
@@ -365,6 +445,9 @@ def resume(
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
+    segmentation_resource: SegmentationResourceOption = "auto",
+    wait_for_workers: WaitForWorkersOption = None,
+    connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Run again with the configuration recorded in OUTPUT: only unfinished tiles compute."""
     import json
@@ -391,6 +474,9 @@ def resume(
         scheduler=scheduler,
         workers=workers,
         source_spec=ground_truth_from_record(recorded),
+        segmentation_resource=segmentation_resource,
+        wait_for_workers=wait_for_workers,
+        connect_timeout=connect_timeout,
     )
     if resumed.counts["failed"]:
         raise typer.Exit(code=1)
