@@ -59,6 +59,9 @@ class AmgSettings(_Settings):
     """Where the fast generator prompts SAM: `grid`, the paper's `points_per_side` ×
     `points_per_side` lattice; `field-head`, one point at the deepest pixel of each field the
     model's field head sees (learned prompts; not on whitened pixels in later rounds)."""
+    head_clip: bool = False
+    """Fast generator: cut every SAM mask to the field head's extent (its edges are at full
+    resolution, the decoder's at a quarter of the model's input); the model needs a head."""
     head_extent_thresh: float = Field(0.5, gt=0.0, lt=1.0)
     """Field head: a pixel is field where its extent probability exceeds this."""
     head_boundary_thresh: float = Field(0.4, gt=0.0, le=1.0)
@@ -89,6 +92,7 @@ class AmgSettings(_Settings):
         ours = {
             "generator",
             "prompts",
+            "head_clip",
             "head_extent_thresh",
             "head_boundary_thresh",
             "head_opening_px",

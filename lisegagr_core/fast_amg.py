@@ -57,7 +57,7 @@ from torchvision.ops import batched_nms, box_area
 
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.encoder import ImageEncoder
-from lisegagr_core.field_maps import head_prompts, predict_field_maps
+from lisegagr_core.field_maps import FieldMaps, head_prompts, predict_field_maps
 from lisegagr_core.masks import MaskSet
 from lisegagr_core.whitening import white_pixels
 
@@ -267,10 +267,35 @@ class FastMaskGenerator:
         """Masks of one crop: decode, filter at low resolution, upsample survivors, NMS."""
         crop_size = (crop.shape[0], crop.shape[1])
         input_size = self.encoder.input_size(crop_size)
+        maps = None
+        if self.settings.prompts == "field-head" or self.settings.head_clip:
+            with self._timed("field head"):
+                maps = predict_field_maps(self.sam, self.encoder, [crop], features)[0]
         with self._timed("decoder"):
-            candidates = self._decode(features, crop, input_size, layer)
+            candidates = self._decode(features, crop, input_size, layer, maps)
         with self._timed("postprocess"):
-            return self._finish(candidates, crop_size, input_size, crop_box, image_size)
+            found = self._finish(candidates, crop_size, input_size, crop_box, image_size)
+            if self.settings.head_clip and maps is not None:
+                found = self._clipped(found, maps, crop_box, image_size)
+            return found
+
+    def _clipped(
+        self,
+        found: GeneratedMasks,
+        maps: FieldMaps,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> GeneratedMasks:
+        """Masks cut to the field head's extent (its edges are sharper than the decoder's
+        low-resolution masks); masks left empty are dropped."""
+        extent = torch.zeros(image_size, dtype=torch.bool, device=self.device)
+        x0, y0, x1, y1 = crop_box
+        extent[y0:y1, x0:x1] = torch.as_tensor(
+            maps.extent > self.settings.head_extent_thresh, device=self.device
+        )
+        masks = found.masks & extent
+        clipped = replace(found, masks=masks, boxes=batched_mask_to_box(masks))
+        return clipped.filter(masks.flatten(1).any(dim=1))
 
     def _decode(
         self,
@@ -278,12 +303,13 @@ class FastMaskGenerator:
         crop: NDArray[np.uint8],
         input_size: tuple[int, int],
         layer: int,
+        maps: FieldMaps | None = None,
     ) -> LowResCandidates | None:
-        """Candidates of the prompt grid that may pass the filters; None if no prompt."""
+        """Candidates of the prompt grid (or of the field head's prompts, from `maps`) that may
+        pass the filters; None if no prompt."""
         s = self.settings
         crop_size = (crop.shape[0], crop.shape[1])
-        if s.prompts == "field-head":
-            maps = predict_field_maps(self.sam, self.encoder, [crop], features)[0]
+        if s.prompts == "field-head" and maps is not None:
             points = head_prompts(maps, s, allowed=~white_pixels(crop))
         else:
             points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]

@@ -59,7 +59,11 @@ class SamMaskSource:
         self._fast: FastMaskGenerator | None = None
         self._vanilla: SamAutomaticMaskGenerator | None = None
         self._head: HeadMaskGenerator | None = None
-        if settings.generator == "field-head" or settings.prompts == "field-head":
+        if (
+            settings.generator == "field-head"
+            or settings.prompts == "field-head"
+            or settings.head_clip
+        ):
             require_field_head(sam.model, sam.name)
         if settings.generator == "field-head":
             self.name = f"field-head:{sam.name}"

@@ -267,3 +267,22 @@ def test_warm_start_from_a_headless_model_gives_it_a_fresh_head() -> None:
 
 def test_maps_channels_are_extent_boundary_depth() -> None:
     assert (EXTENT, BOUNDARY, DEPTH) == (0, 1, 2)
+
+
+def test_head_clip_cuts_every_sam_mask_to_the_heads_extent() -> None:
+    loaded = _loaded()
+    image = make_farmland_scene(128, seed=2).rgb
+    values = predict_field_maps(loaded.model, ImageEncoder(loaded.model), [image])[0].extent
+    threshold = float(np.median(values))  # random weights: half the image is "field"
+    settings = AmgSettings(
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        head_extent_thresh=threshold,
+    )
+    plain = SamMaskSource(loaded, settings).generate(image, Window(0, 0, 128, 128))
+    clipped_settings = settings.model_copy(update={"head_clip": True})
+    clipped = SamMaskSource(loaded, clipped_settings).generate(image, Window(0, 0, 128, 128))
+    extent = values > threshold
+    assert len(plain) and not (plain.union() <= extent).all()  # SAM's masks leave the extent
+    assert (clipped.union() <= extent).all()
