@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from lisegagr.cli import app
 
+from .dask_processes import Cluster
 from .flow_helpers import stub_manifest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -147,6 +148,87 @@ def older_output(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     return runner.invoke(app, ["resume", str(tmp / "o")])
 
 
+def scheduler_gone(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--scheduler", "tcp://127.0.0.1:1"]
+    result = runner.invoke(app, [*args, *TINY])
+    assert not (tmp / "o").exists()
+    return result
+
+
+CLUSTER_RUN = ["--points-per-side", "4", "--no-classifier", "--core", "128", "--halo", "0"]
+
+
+def no_capable_worker(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    cluster = Cluster()  # a scheduler, no worker
+    try:
+        args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--scheduler", cluster.address]
+        return runner.invoke(app, [*args, *TINY, *CLUSTER_RUN, "--wait-for-workers", "2"])
+    finally:
+        cluster.stop()
+
+
+def cpu_workers_only(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    cluster = Cluster()
+    try:
+        cluster.add_worker("cpu")  # no --resources
+        cluster.wait_for_workers(1)
+        args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--scheduler", cluster.address]
+        return runner.invoke(app, [*args, *TINY, *CLUSTER_RUN])
+    finally:
+        cluster.stop()
+
+
+def worker_without_model(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    """The client's checkpoint path is not on the workers (separate machines): one worker has
+    a copy in its LISEGAGR_WEIGHTS_DIR, the other an empty one."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    import flows.region
+    from lisegagr_core.models import build_tiny_sam
+
+    for folder in ("client", "good", "empty"):
+        (tmp / folder).mkdir()
+    torch.save(build_tiny_sam(seed=0).state_dict(), tmp / "client" / "fields.pt")
+    shutil.copy(tmp / "client" / "fields.pt", tmp / "good" / "fields.pt")
+    real = flows.region.sam_source
+
+    def elsewhere(*args: object) -> object:
+        spec, settings = real(*args)  # type: ignore[arg-type]
+        return dataclasses.replace(spec, name=str(tmp / "not-here" / "fields.pt")), settings
+
+    mp.setattr(flows.region, "sam_source", elsewhere)
+    cluster = Cluster()
+    try:
+        cluster.add_worker("good", env={"LISEGAGR_WEIGHTS_DIR": str(tmp / "good")})
+        cluster.add_worker("empty", env={"LISEGAGR_WEIGHTS_DIR": str(tmp / "empty")})
+        cluster.wait_for_workers(2)
+        args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--scheduler", cluster.address]
+        model = ["--model", str(tmp / "client" / "fields.pt"), "--device", "cpu"]
+        return runner.invoke(app, [*args, *model, *CLUSTER_RUN])
+    finally:
+        cluster.stop()
+
+
+def _prefect_logs_follow_stderr(mp: pytest.MonkeyPatch) -> None:
+    """Prefect's console log handler keeps the stream it was made with; in tests, where each
+    command's stderr is a new captured stream (closed after it), it writes to the current one,
+    as it does in a real command, one per process."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            console = handler.console  # type: ignore[attr-defined]
+            mp.setattr(console, "_file", None)
+            mp.setattr(console, "stderr", True)
+
+
+#: Cases that run on a Dask cluster: they need a Prefect server (the session's).
+ON_A_CLUSTER = {no_capable_worker, cpu_workers_only, worker_without_model}
+
+
 CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "the output folder lies under a file": output_under_a_file,
     "no S3 credentials are set": no_credentials,
@@ -161,6 +243,13 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "two images have the same name": same_names,
     "a run was killed (`kill -9`, OOM)": killed_run,
     "the output was written by an older lisegagr": older_output,
+    "the Dask scheduler does not answer": scheduler_gone,
+    "no worker can take segmentation (none connected, or none with its resource) for "
+    "`--wait-for-workers` seconds": no_capable_worker,
+    "the cluster has only plain CPU workers (no `GPU` resource)": cpu_workers_only,
+    "a worker lacks the model file (or has another one, or another lisegagr)": (
+        worker_without_model
+    ),
 }
 
 
@@ -170,9 +259,12 @@ def test_every_case_has_a_row_and_every_row_a_case() -> None:
 
 @pytest.mark.parametrize("when", list(CASES))
 def test_the_readme_says_what_happens(
-    when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     exit_code, words = readme_rows()[when]
+    if CASES[when] in ON_A_CLUSTER:
+        request.getfixturevalue("prefect_api")
+        _prefect_logs_follow_stderr(monkeypatch)
     result = CASES[when](tmp_path, monkeypatch)
     shown = " ".join(result.output.split())  # as one line, whatever the terminal width
     assert result.exit_code == exit_code, result.output
