@@ -241,6 +241,8 @@ def test_training_learns_the_head_jointly_and_saves_it_in_the_model(tmp_path: Pa
     saved = torch.load(result.model_path, weights_only=True)
     assert any(key.startswith("field_head.") for key in saved)
     assert result.architecture.field_head_width == 4
+    card = result.card_path.read_text()
+    assert "| field head |" in card and "Field head, every pixel of the held-out images" in card
 
 
 def test_a_frozen_encoder_is_left_as_it_was(tmp_path: Path) -> None:

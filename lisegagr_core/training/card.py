@@ -64,6 +64,7 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
         f"| mask decoder | {arch['prompt_embed_dim']} wide, depth {arch['decoder_depth']}, "
         f"MLP {arch['decoder_mlp_dim']}, {arch['decoder_num_heads']} heads, "
         f"{arch['num_multimask_outputs']} multimask outputs |",
+        *_head_row(arch, config),
         "",
         "## Training data",
         "",
@@ -112,6 +113,21 @@ def model_card(summary: Mapping[str, Any], evaluation: Mapping[str, Any] | None 
     return "\n".join(lines)
 
 
+def _head_row(arch: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The field head's line of the model table, when the model has one."""
+    width = arch.get("field_head_width", 0)
+    if not width:
+        return []
+    return [
+        f"| field head | extent, boundary and depth per pixel at {arch['image_size']} px: a "
+        f"U-Net path from the image ({width} channels at full resolution) joined with the "
+        f"image embedding; trained jointly (weights: prompts {config.get('prompt_weight', 1):g}"
+        f", extent {config.get('extent_weight', 1):g}, boundary "
+        f"{config.get('boundary_weight', 1):g}, depth {config.get('depth_weight', 1):g}; head "
+        f"lr {config.get('head_lr') or config['lr']:g}) |"
+    ]
+
+
 def _origin(initialised_from: Mapping[str, Any] | None) -> str:
     """How the weights started: from scratch, or fine-tuned from a named model."""
     if not initialised_from:
@@ -134,7 +150,7 @@ def _duration(seconds: float) -> str:
 def _validation_table(final: Mapping[str, Any] | None) -> list[str]:
     if not final:
         return ["No images were held out, so there is no validation."]
-    return [
+    lines = [
         f"After step {final['step']}, on {final['field_prompts']} field prompts and "
         f"{final['prompts'] - final['field_prompts']} ground prompts:",
         "",
@@ -144,6 +160,14 @@ def _validation_table(final: Mapping[str, Any] | None) -> list[str]:
         f"| {final['loss']:.3f} | {final['mask_loss']:.3f} | {final['iou_loss']:.4f} | "
         f"{final['mask_iou']:.3f} | {final['best_mask_iou']:.3f} |",
     ]
+    if "extent_iou" in final:
+        lines += [
+            "",
+            f"Field head, every pixel of the held-out images: extent IoU "
+            f"{final['extent_iou']:.3f}, boundary IoU {final['boundary_iou']:.3f} (head loss "
+            f"{final['head_loss']:.3f}).",
+        ]
+    return lines
 
 
 def _validation_history(rows: list[Mapping[str, Any]]) -> list[str]:
@@ -152,15 +176,21 @@ def _validation_history(rows: list[Mapping[str, Any]]) -> list[str]:
     return [
         "History:",
         "",
-        "| step | loss | mask IoU (first output) | mask IoU (best of 3) |",
-        "|---|---|---|---|",
+        "| step | loss | mask IoU (first output) | mask IoU (best of 3) | head extent IoU | "
+        "head boundary IoU |",
+        "|---|---|---|---|---|---|",
         *(
             f"| {row['step']} | {row['loss']:.3f} | {row['mask_iou']:.3f} | "
-            f"{row['best_mask_iou']:.3f} |"
+            f"{row['best_mask_iou']:.3f} | {_maybe(row, 'extent_iou')} | "
+            f"{_maybe(row, 'boundary_iou')} |"
             for row in rows
         ),
         "",
     ]
+
+
+def _maybe(row: Mapping[str, Any], key: str) -> str:
+    return f"{row[key]:.3f}" if key in row else "–"
 
 
 def _settings_table(evaluation: Mapping[str, Any]) -> list[str]:
