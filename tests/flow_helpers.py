@@ -40,6 +40,25 @@ def write_scene(
     return imagery, truth
 
 
+def write_rgb_geotiff(
+    path: Path, rgb: np.ndarray, transform: Affine, crs: str = "EPSG:32633"
+) -> Path:
+    """An (H, W, 3) image as a plain GeoTIFF on `transform` in `crs`, without nodata."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        count=3,
+        dtype=rgb.dtype,
+        crs=crs,
+        transform=transform,
+    ) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return path
+
+
 def corrupt_block(path: Path, row: int, col: int) -> bytes:
     """Overwrite one compressed block of a tiled GeoTIFF with garbage; returns the original."""
     original = path.read_bytes()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
@@ -21,7 +20,7 @@ from lisegagr_core.metrics import score_partition
 from lisegagr_core.run import run_region
 from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 
-from .flow_helpers import truth_spec
+from .flow_helpers import truth_spec, write_rgb_geotiff
 from .naip import naip_names, naip_scene
 
 UTM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_400_000.0)
@@ -63,27 +62,12 @@ def test_near_uniform_noise_is_empty_but_texture_is_not() -> None:
     assert not empty_ground(small, settings).any()  # a 10 × 200 strip is below min_area
 
 
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=rgb.shape[1],
-        height=rgb.shape[0],
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=UTM,
-    ) as dst:
-        dst.write(np.moveaxis(rgb, -1, 0))
-    return path
-
-
 @pytest.mark.parametrize("level", [0, 128])
 def test_a_uniform_geotiff_without_nodata_gives_no_field_in_a_run(
     tmp_path: Path, level: int
 ) -> None:
-    path = _write(tmp_path / "uniform.tif", np.full((300, 300, 3), level, dtype=np.uint8))
+    uniform = np.full((300, 300, 3), level, dtype=np.uint8)
+    path = write_rgb_geotiff(tmp_path / "uniform.tif", uniform, UTM)
     truth = np.ones((300, 300), dtype=np.int64)  # a source that would call it all one field
     manifest = run_region(
         [str(path)], str(tmp_path / "out"), RegionConfig(), truth_spec(path, truth)

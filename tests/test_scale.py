@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -15,6 +14,8 @@ from lisegagr_core.run import plan_run
 from lisegagr_core.scale import ground_sampling_m, input_sampling_m, scale_note
 from lisegagr_core.source_specs import SamSpec
 from lisegagr_core.weights import DEFAULT_MANIFEST_PATH, Manifest
+
+from .flow_helpers import write_rgb_geotiff
 
 
 def test_ground_sampling_of_projected_and_geographic_rasters() -> None:
@@ -53,19 +54,8 @@ def test_the_shipped_models_record_their_training_scale() -> None:
 
 
 def test_a_sentinel_2_run_plan_carries_the_note(tmp_path: Path) -> None:
-    path = tmp_path / "s2.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=64,
-        height=64,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=Affine(10, 0, 500_000, 0, -10, 4_400_000),
-    ) as dst:
-        dst.write(np.full((3, 64, 64), 90, np.uint8))
+    grey = np.full((64, 64, 3), 90, np.uint8)
+    path = write_rgb_geotiff(tmp_path / "s2.tif", grey, Affine(10, 0, 500_000, 0, -10, 4_400_000))
     spec = SamSpec("fields", "weights", "0" * 64, "fields (test)", "cpu", 384, 2.667)
     run = plan_run([str(path)], str(tmp_path / "out"), RegionConfig(), spec)
     assert len(run.notes) == 1 and "--upscale" in run.notes[0]
