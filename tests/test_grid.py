@@ -94,3 +94,22 @@ def test_a_grid_without_crs_starts_its_tiles_at_its_first_pixel() -> None:
 
     grid = TileGrid.anchored(300, 300, transform=Affine(1, 0, 50, 0, -1, 70), crs=None)
     assert grid.anchor == (0, 0) and grid.tile(0, 0).key == "r0c0"
+
+
+def test_a_region_that_fits_one_tile_is_that_tile() -> None:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    # 1024² at 1 m in UTM: on the anchored 896-px lattice it straddles several tiles
+    transform = Affine(1.0, 0.0, 500_300.0, 0.0, -1.0, 4_400_300.0)
+    crs = CRS.from_epsg(32615)
+    anchored = TileGrid.anchored(1024, 1024, transform=transform, crs=crs)
+    assert len(anchored) > 1
+    grid = TileGrid.for_region(1024, 1024, transform=transform, crs=crs)
+    [tile] = list(grid)
+    assert tile.core == tile.read == Window(0, 0, 1024, 1024)
+    assert (tile.pad_top, tile.pad_left, tile.size) == (0, 0, 1024)
+    small = TileGrid.for_region(300, 500, transform=transform, crs=crs)
+    assert len(small) == 1 and small.tile(0, 0).size == 1024
+    larger = TileGrid.for_region(1025, 1024, transform=transform, crs=crs)
+    assert larger == TileGrid.anchored(1025, 1024, transform=transform, crs=crs)
