@@ -173,12 +173,13 @@ class _OneSentenceErrors(logging.Filter):
 
 @contextlib.contextmanager
 def one_sentence_errors() -> Iterator[None]:
-    """Within: Prefect's console handlers leave out the tracebacks of LisegagrErrors."""
+    """Within: the console's log handlers (Prefect's, or the command's own) leave out the
+    records of LisegagrErrors, which the command says itself in one sentence."""
     handlers = [
         handler
         for logger in (logging.getLogger(), logging.getLogger("prefect"))
         for handler in logger.handlers
-        if type(handler).__name__ == "PrefectConsoleHandler"
+        if type(handler).__name__ != "APILogHandler"
     ]
     quiet = _OneSentenceErrors()
     for handler in handlers:
