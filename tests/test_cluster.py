@@ -295,3 +295,37 @@ def test_workers_without_the_model_file_or_with_another_are_named_and_skipped(
     assert f"cannot segment: it has no model file {looked} (copy" in no_file
     (another,) = [line for line in unfit if f"worker other ({names['other']})" in line]
     assert f"cannot segment: its model file {other / 'fields.pt'} has sha256" in another
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_the_stop_after_the_wait_is_one_sentence_in_a_terminal_too(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """As a user runs it (the command's own log handler, not Prefect's): no traceback."""
+    imagery, _ = write_scene(tmp_path, size=256)
+    out = tmp_path / "out"
+    process = _run_cli(
+        [
+            "run",
+            str(imagery),
+            "--out",
+            str(out),
+            "--scheduler",
+            cluster.address,
+            *TINY,
+            "--wait-for-workers",
+            "2",
+        ]
+    )
+    try:
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Encountered exception" not in stderr, stderr
+    shown = " ".join(stderr.split())
+    assert f"error: no Dask worker at {cluster.address} could take segmentation within 2 s" in shown
+    assert json.loads((out / "manifest.json").read_text())["state"] == "running"  # resumable
