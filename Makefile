@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lisegagr demo --output demo-out
+	$(BIN)/lisegagr demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/ruff check .

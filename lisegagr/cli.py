@@ -2,6 +2,9 @@
 
     lisegagr segment IMAGE|FOLDER|GLOB... -o DIR [--model NAME|PATH]
     lisegagr demo [-o DIR]
+
+Every command that writes takes `-o/--out` for where its output goes (the spellings it
+replaced, `--output`, `--to`, `--image`, `--json`, `--results-dir`, still work for a release).
     lisegagr weights list | fetch NAME
 
 Every error the user can fix is printed as one sentence, never as a traceback.
@@ -13,6 +16,8 @@ import glob
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +28,7 @@ from rich.table import Column, Table
 
 from lisegagr.options import (
     DOWNLOAD_COLUMNS,
+    OUT,
     ConfigOption,
     DeviceOption,
     ModelOption,
@@ -33,6 +39,7 @@ from lisegagr.options import (
     fail,
     out,
     parse_bands,
+    renamed_options,
     say,
 )
 from lisegagr_core.config import EngineConfig, load_config
@@ -44,7 +51,8 @@ HELP = """Map agricultural fields in imagery with iterative Segment Anything (Li
 
 Images (JPEG, PNG, GeoTIFF): `lisegagr segment IMAGE... -o DIR`. Rasters of any size, local
 or s3://: `lisegagr run SOURCES --out DIR`, then `status`, `resume`, `export`, `preview`.
-Try it: `lisegagr demo`. Every error you can fix is one sentence (exit 2), never a traceback.
+Try it: `lisegagr demo`. Every command that writes takes -o/--out: where its output goes.
+Every error you can fix is one sentence (exit 2), never a traceback.
 """
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)
@@ -107,8 +115,48 @@ def _engine_setup(
     from lisegagr_core.sources import SamMaskSource
 
     sam = load_chosen_sam(model, weights_dir, device)
-    config = load_config(config_path, overrides, model_settings=sam.engine_settings)
+    with _engine_section(config_path) as engine_path:
+        config = load_config(engine_path, overrides, model_settings=sam.engine_settings)
     return SamMaskSource(sam, config.amg), config, model_description(sam)
+
+
+@contextmanager
+def _engine_section(config_path: Path | None) -> Iterator[Path | None]:
+    """The file of engine settings in `config_path`: the file itself when its settings are
+    engine settings, else (a file laid out for `run`: region settings at the top) its
+    `engine:` section, as a file of its own. Errors name `config_path`, not that file."""
+    import tempfile
+
+    import yaml
+
+    from lisegagr_core.config import RegionConfig
+    from lisegagr_core.errors import InputError
+
+    data: Any = None
+    if config_path is not None and config_path.is_file():
+        try:
+            data = yaml.safe_load(config_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            data = None  # load_config reports it
+    if not isinstance(data, dict) or not set(data) & set(RegionConfig.model_fields):
+        yield config_path
+        return
+    region_keys = set(RegionConfig.model_fields)
+    misplaced = [key for key in data if key not in region_keys]
+    if misplaced:
+        raise InputError(
+            f"{config_path}: {', '.join(misplaced)} at the top of a file laid out for `run` "
+            "(region settings at the top); engine settings go under engine:."
+        )
+    engine = data.get("engine") or {}
+    with tempfile.TemporaryDirectory() as folder:
+        section = Path(folder) / "engine.json"
+        section.write_text(json.dumps(engine))
+        try:
+            yield section
+        except InputError as exc:
+            message = str(exc).replace(str(section), f"{config_path} (its engine: section)")
+            raise InputError(message) from None
 
 
 def _progress() -> Progress:
@@ -145,12 +193,12 @@ def _expand_images(images: list[Path]) -> list[Path]:
     return expanded
 
 
-@app.command()
+@app.command(cls=renamed_options(output="-o/--out"))
 def segment(
     images: Annotated[
         list[Path], typer.Argument(help="JPEG, PNG or GeoTIFF images, folders of them, or globs.")
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: Annotated[Path, typer.Option(*OUT, help="Folder the outputs go to.")],
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
     device: DeviceOption = None,

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lisegagr.cli import _engine_setup, app
 from lisegagr.options import (
+    OUT,
     ConfigOption,
     DeviceOption,
     ModelOption,
@@ -21,6 +22,7 @@ from lisegagr.options import (
     console,
     fail,
     out,
+    renamed_options,
     say,
 )
 from lisegagr_core.errors import LisegagrError
@@ -37,7 +39,7 @@ BACKBONES = ("resnet50", "resnet18")
 SCHEDULES = ("constant", "cosine")
 
 
-@classifier_app.command("build-dataset")
+@classifier_app.command("build-dataset", cls=renamed_options(output="-o/--out"))
 def build_dataset(
     annotations: Annotated[
         list[Path],
@@ -45,7 +47,7 @@ def build_dataset(
             help="Labelled polygons: VIA / LabelMe JSON, GeoJSON, GeoParquet, GPKG, or folders."
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
+    output: Annotated[Path, typer.Option(*OUT, help="Folder the crop dataset goes to.")],
     negatives: Annotated[
         str,
         typer.Option(
@@ -134,10 +136,10 @@ def build_dataset(
     out.print(f"crops in {output}/ (see {output / 'dataset.json'})", soft_wrap=True)
 
 
-@classifier_app.command("train")
+@classifier_app.command("train", cls=renamed_options(output="-o/--out"))
 def train(
     data: Annotated[Path, typer.Argument(help="Crop dataset (train|test/field|nonfield).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Classifier file to write.")],
+    output: Annotated[Path, typer.Option(*OUT, help="The classifier file to write.")],
     backbone: Annotated[str, typer.Option(help="resnet50 (the paper's) or resnet18.")] = "resnet50",
     imagenet_weights: Annotated[
         Path | None, typer.Option(help="torchvision ImageNet state dict of the backbone.")
@@ -242,12 +244,14 @@ def train(
     )
 
 
-@classifier_app.command("eval")
+@classifier_app.command("eval", cls=renamed_options(json="-o/--out"))
 def evaluate_command(
     classifier: Annotated[Path, typer.Argument(help="Classifier file.")],
     data: Annotated[Path, typer.Argument(help="Crop dataset.")],
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the scores here.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option(*OUT, help="A JSON file the scores go to (default: none).")
+    ] = None,
     device: DeviceOption = None,
 ) -> None:
     """Accuracy, precision, recall, F1, confusion matrix and ROC AUC on held-out crops."""
@@ -271,7 +275,7 @@ def evaluate_command(
     out.print(confusion)
 
 
-@app.command("eval")
+@app.command("eval", cls=renamed_options(output="-o/--out"))
 def eval_command(
     prediction: Annotated[
         Path, typer.Argument(help="A label raster, or a `segment` or `run` output folder.")
@@ -282,7 +286,9 @@ def eval_command(
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Where eval.json and pictures go (default: .../eval)."),
+        typer.Option(
+            *OUT, help="Folder eval.json and the pictures go to (default: PREDICTION's eval/)."
+        ),
     ] = None,
     iou_thresh: Annotated[float, typer.Option(help="IoU of a matched field.")] = 0.5,
 ) -> None:

@@ -21,7 +21,16 @@ import typer
 from rich.table import Table
 
 from lisegagr.cli import app
-from lisegagr.options import DeviceOption, RichProgress, WeightsDir, fail, out, say
+from lisegagr.options import (
+    OUT,
+    DeviceOption,
+    RichProgress,
+    WeightsDir,
+    fail,
+    out,
+    renamed_options,
+    say,
+)
 from lisegagr_core.errors import LisegagrError
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR, Manifest
 
@@ -76,12 +85,10 @@ def _terminate_like_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@model_app.command("train")
+@model_app.command("train", cls=renamed_options(output="-o/--out"))
 def train(
     data: DataArgument,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="The model file to write: weights/NAME.pt.")
-    ],
+    output: Annotated[Path, typer.Option(*OUT, help="The model file to write: weights/NAME.pt.")],
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="YAML/JSON file of training settings (TrainConfig)."),
@@ -218,7 +225,7 @@ def train(
         raise fail(str(exc)) from None
 
 
-@model_app.command("evaluate")
+@model_app.command("evaluate", cls=renamed_options(results_dir="-o/--out"))
 def evaluate(
     name: Annotated[str, typer.Argument(help="A model name from the manifest, or a checkpoint.")],
     data: DataArgument,
@@ -243,7 +250,9 @@ def evaluate(
     record: Annotated[
         bool, typer.Option(help="Record the best AMG settings with a project model.")
     ] = True,
-    results_dir: ResultsDir = Path("bench/results"),
+    results_dir: Annotated[
+        Path, typer.Option(*OUT, help="Folder the evaluation table JSON goes to.")
+    ] = Path("bench/results"),
     threads: ThreadsOption = None,
 ) -> None:
     """Score plain AMG, AMG + post-processing and the full method over a grid of AMG settings."""

@@ -12,15 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lisegagr.cli import app
 from lisegagr.options import (
-    ConfigOption,
+    OUT,
     DeviceOption,
     ModelOption,
     PointsOption,
+    RegionConfigOption,
     WeightsDir,
     console,
     fail,
     out,
     parse_bands,
+    renamed_options,
     say,
 )
 from lisegagr_core.errors import LisegagrError
@@ -263,6 +265,8 @@ def _stac_sources(sources: list[str], asset: str | None) -> list[str]:
         raise fail(str(exc)) from None
 
 
+#: A run's output folder or URL, as an argument (what `run -o` wrote).
+RunArgument = typer.Argument(metavar="RUN", help="A run's output folder or URL (its -o/--out).")
 BboxOption = Annotated[
     str | None,
     typer.Option(help="minx,miny,maxx,maxy in the rasters' CRS: map only this box."),
@@ -315,7 +319,9 @@ def run(
             "(.json; local, s3://, any fsspec URL)."
         ),
     ],
-    output: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")],
+    output: Annotated[
+        str, typer.Option(*OUT, help="Folder or URL the map goes to (mosaic, fields, manifest).")
+    ],
     bands: Annotated[str | None, typer.Option(help="Bands as RGB, e.g. 4,3,2 (1-based).")] = None,
     asset: Annotated[
         str | None,
@@ -344,7 +350,7 @@ def run(
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
     device: DeviceOption = None,
-    config: ConfigOption = None,
+    config: RegionConfigOption = None,
     points_per_side: PointsOption = None,
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -392,7 +398,7 @@ def run(
 
 
 @app.command()
-def status(output: Annotated[str, typer.Argument(help="A run's output folder.")]) -> None:
+def status(output: Annotated[str, RunArgument]) -> None:
     """Tiles done, cached, failed (with reasons) and pending of a run, finished or not."""
     from rich.table import Table
 
@@ -441,7 +447,7 @@ def _run_state(paths: RegionPaths, manifest: RunManifest) -> str:
 
 @app.command()
 def resume(
-    output: Annotated[str, typer.Argument(help="A run's output folder.")],
+    output: Annotated[str, RunArgument],
     scheduler: SchedulerOption = None,
     workers: WorkersOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
@@ -482,15 +488,19 @@ def resume(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(cls=renamed_options(to="-o/--out"))
 def export(
-    output: Annotated[str, typer.Argument(help="A run's output folder.")],
+    output: Annotated[str, RunArgument],
     format: Annotated[
         str, typer.Option("--format", "-f", help="gpkg, geojson, fgb, or cog (the rasters).")
     ] = "gpkg",
     destination: Annotated[
         str | None,
-        typer.Option("--to", help="File to write (cog: the folder for labels.tif, classes.tif)."),
+        typer.Option(
+            *OUT,
+            help="File the fields go to (default: RUN/fields.FORMAT); cog: the folder for "
+            "labels.tif and classes.tif (default: RUN).",
+        ),
     ] = None,
 ) -> None:
     """Write the run's field polygons as GeoPackage, GeoJSON or FlatGeobuf, or its labels and
@@ -532,10 +542,10 @@ def export(
     out.print(f"{len(fields)} fields → {target}")
 
 
-@app.command()
+@app.command(cls=renamed_options(image="-o/--out"))
 def preview(
-    output: Annotated[str, typer.Argument(help="A run's output folder.")],
-    image: Annotated[Path, typer.Option("-o", "--image", help="PNG to write.")] = Path(
+    output: Annotated[str, RunArgument],
+    image: Annotated[Path, typer.Option(*OUT, help="The PNG file the picture goes to.")] = Path(
         "preview.png"
     ),
     bbox: Annotated[
@@ -561,11 +571,13 @@ def preview(
 @app.command()
 def serve(
     source: Annotated[str, typer.Argument(help="Folder, prefix or glob where imagery appears.")],
-    output: Annotated[str, typer.Option("--out", "-o", help="Output folder or URL.")],
+    output: Annotated[
+        str, typer.Option(*OUT, help="Folder or URL each night's map goes to, as for `run`.")
+    ],
     cron: Annotated[str, typer.Option(help="When to run (cron, server time zone).")] = "0 2 * * *",
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,
-    config: ConfigOption = None,
+    config: RegionConfigOption = None,
     scheduler: SchedulerOption = None,
     name: Annotated[str, typer.Option(help="Deployment name.")] = "lisegagr-nightly",
 ) -> None:
@@ -609,10 +621,10 @@ def nightly_deployment(
     )
 
 
-@app.command()
+@app.command(cls=renamed_options(output="-o/--out"))
 def demo(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the scene, map, preview, scores.")
+        Path, typer.Option(*OUT, help="Folder for the scene, map, preview, scores.")
     ] = Path("demo-out"),
     model: ModelOption = None,
     weights_dir: WeightsDir = DEFAULT_WEIGHTS_DIR,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -51,12 +52,67 @@ ModelOption = Annotated[
 DeviceOption = Annotated[
     str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
 ]
+#: `-o/--out` in every command that writes: where its output goes (the folder, or the file of
+#: a command that writes one file). The spellings it replaced are `renamed_options`.
+OUT = ("--out", "-o")
+#: `-c/--config` of the commands that segment: the engine section of a `run` file, or a file of
+#: engine settings alone. `run` and `serve` take the whole file (`RegionConfigOption`).
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML/JSON file of engine settings.")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML/JSON settings file; reads its engine: section (as written for `run`), or "
+        "engine settings at the top.",
+    ),
+]
+RegionConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML/JSON settings file: region settings (bands, upscale, core, ...) at the top, "
+        "engine settings under engine: (the section `segment -c` reads).",
+    ),
 ]
 PointsOption = Annotated[
     int | None, typer.Option("--points-per-side", help="AMG point grid per side (paper: 32).")
 ]
+
+
+class _RenamedOptions(typer.core.TyperCommand):
+    """A command that still takes the spellings its options had before (`renamed`: old → new),
+    for one release: hidden from `--help`, and a note on stderr when used."""
+
+    renamed: ClassVar[dict[str, str]] = {}
+
+    def parse_args(self, ctx: typer.core._click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _rename(args, self.renamed))
+
+
+def _rename(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """`args` with old option names (``--to X``, ``--to=X``) replaced by their new ones."""
+    result: list[str] = []
+    noted: set[str] = set()
+    for index, arg in enumerate(args):
+        if arg == "--":  # what follows is arguments, never options
+            return result + args[index:]
+        name, equals, value = arg.partition("=")
+        new = renamed.get(name)
+        if new is not None:
+            if name not in noted:
+                noted.add(name)
+                say("[yellow]note:[/]", f"{name} is now {new}; {name} goes in a later release.")
+            arg = f"{new.split('/')[-1]}{equals}{value}"
+        result.append(arg)
+    return result
+
+
+def renamed_options(**renamed: str) -> type[typer.core.TyperCommand]:
+    """The command class of a command whose options were renamed: ``renamed_options(to="-o/--out")``
+    keeps ``--to`` working (named with underscores for dashes, as in Python)."""
+    old_to_new = {f"--{old.replace('_', '-')}": new for old, new in renamed.items()}
+    return type("RenamedOptions", (_RenamedOptions,), {"renamed": old_to_new})
 
 
 def say(prefix: str, message: str) -> None:

@@ -263,7 +263,7 @@ def test_help_shows_flags_without_a_bool_placeholder(command: list[str]) -> None
 
 def test_demo_options_have_help() -> None:
     text = " ".join(runner.invoke(app, ["demo", "--help"], terminal_width=200).output.split())
-    assert "--output <path> Folder for the scene" in text
+    assert "--out <path> Folder for the scene" in text
     assert "--seed <int> Seed of the generated scene" in text
 
 
