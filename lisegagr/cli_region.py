@@ -254,6 +254,43 @@ def _parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return box[0], box[1], box[2], box[3]
 
 
+def _stac_search(
+    api: str,
+    collections: list[str],
+    box: tuple[float, float, float, float] | None,
+    datetime: str | None,
+) -> str:
+    """The source searching `api` (`stac.search_source`), or one sentence."""
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.stac import search_source
+
+    if box is not None and not (-180 <= box[0] < box[2] <= 180 and -90 <= box[1] < box[3] <= 90):
+        shown = ",".join(f"{v:g}" for v in box)
+        raise fail(f"with --stac-api, --bbox is longitude, latitude (WGS 84), not {shown}.")
+    names = [name.strip() for text in collections for name in text.split(",") if name.strip()]
+    try:
+        return search_source(api, collections=names, bbox=box, datetime=datetime)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+
+def _box_in_imagery_crs(
+    sources: list[str], box: tuple[float, float, float, float], bands: tuple[int, ...] | None
+) -> tuple[float, float, float, float]:
+    """`box` (longitude, latitude) in the CRS of the imagery the sources hold; the imagery
+    found (searched, opened) here first, so a search that fails is one sentence up front."""
+    from rasterio.warp import transform_bounds
+
+    from lisegagr_core.rasters import open_rasters
+
+    try:
+        crs = open_rasters(sources, bands=bands).crs
+    except LisegagrError as exc:
+        raise fail(str(exc)) from None
+    west, south, east, north = transform_bounds("EPSG:4326", crs, *box)
+    return west, south, east, north
+
+
 def _stac_sources(sources: list[str], asset: str | None) -> list[str]:
     """STAC sources with the assets to read (`stac.with_assets`), or one sentence."""
     from lisegagr_core.errors import InputError
@@ -269,7 +306,10 @@ def _stac_sources(sources: list[str], asset: str | None) -> list[str]:
 RunArgument = typer.Argument(metavar="RUN", help="A run's output folder or URL (its -o/--out).")
 BboxOption = Annotated[
     str | None,
-    typer.Option(help="minx,miny,maxx,maxy in the rasters' CRS: map only this box."),
+    typer.Option(
+        help="minx,miny,maxx,maxy in the rasters' CRS (with --stac-api: longitude, latitude, "
+        "WGS 84): map only this box."
+    ),
 ]
 SchedulerOption = Annotated[
     str | None,
@@ -312,20 +352,39 @@ WorkersOption = Annotated[
 
 @app.command()
 def run(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            help="Rasters, globs, folders or STAC items, item collections, static catalogs "
-            "(.json; local, s3://, any fsspec URL)."
-        ),
-    ],
     output: Annotated[
         str, typer.Option(*OUT, help="Folder or URL the map goes to (mosaic, fields, manifest).")
     ],
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Rasters, globs, folders or STAC items, item collections, static catalogs "
+            "(.json; local, s3://, any fsspec URL); or none, with --stac-api."
+        ),
+    ] = None,
     bands: Annotated[str | None, typer.Option(help="Bands as RGB, e.g. 4,3,2 (1-based).")] = None,
     asset: Annotated[
         str | None,
         typer.Option(help="STAC sources: the asset(s) of each item, visual (default) or R,G,B."),
+    ] = None,
+    stac_api: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Search this STAC API for the imagery (items of --collection in --bbox, then "
+            "in longitude, latitude, at --datetime); the map is cut to --bbox.",
+        ),
+    ] = None,
+    collection: Annotated[
+        list[str] | None,
+        typer.Option(help="--stac-api: a collection to search (repeat, or a,b).", metavar="ID"),
+    ] = None,
+    datetime: Annotated[
+        str | None,
+        typer.Option(
+            help="--stac-api: when (RFC 3339: 2024-07-15, or start/end: 2024-07-01/2024-07-31).",
+            metavar="WHEN",
+        ),
     ] = None,
     upscale: Annotated[int | None, typer.Option(help="Super-resolution factor (Lanczos).")] = None,
     upscale_model: Annotated[
@@ -362,11 +421,22 @@ def run(
     ] = False,
 ) -> None:
     """Map the fields of a region: tiles on Dask workers, merge, mosaic.zarr, fields.parquet."""
+    chosen_bands = parse_bands(bands)
+    box = _parse_bbox(bbox)
+    sources = list(sources or [])
+    if stac_api is not None:
+        sources.append(_stac_search(stac_api, collection or [], box, datetime))
+    elif collection or datetime:
+        raise fail("--collection and --datetime pick the items of a --stac-api search; add one.")
+    if not sources:
+        raise fail("run needs SOURCES (rasters, folders, globs, STAC documents) or --stac-api URL.")
     sources = _stac_sources(sources, asset)
+    if stac_api is not None and box is not None:
+        box = _box_in_imagery_crs(sources, box, chosen_bands)
     overrides: dict[str, Any] = {}
     for key, value in (
-        ("bands", parse_bands(bands)),
-        ("bbox", _parse_bbox(bbox)),
+        ("bands", chosen_bands),
+        ("bbox", box),
         ("upscale", upscale),
         ("core", core),
         ("halo", halo),

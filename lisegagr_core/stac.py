@@ -9,13 +9,23 @@ grid, as Sentinel-2's `red`, `green`, `blue`). Without an asset, every item's `v
 Catalogs and collections are walked through their `child` and `item` links; relative hrefs
 resolve against the document that holds them. An item's `datetime` (or `start_datetime`)
 dates its imagery (fiboa's `determination:datetime`).
+
+A STAC API search is a source too: ``stac-api+https://host/v1?collections=c&bbox=w,s,e,n&
+datetime=...#asset=...`` (`search_source` writes it, `lisegagr run --stac-api` too), its items
+found through `pystac-client` when the run is planned, so the manifest records the query and
+`resume` searches again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import posixpath
+import re
+import urllib.parse
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +40,12 @@ DEFAULT_ASSET = "visual"
 _FRAGMENT = "#asset="
 #: Documents a catalog walk reads at most (a static catalog larger than this is an archive).
 MAX_DOCUMENTS = 10_000
+#: The prefix of a STAC API search source.
+API_PREFIX = "stac-api+"
+#: Items a search may find (more is a continent, not a region: narrow the search).
+MAX_SEARCH_ITEMS = 1000
+#: Seconds to wait for a STAC API's answer.
+API_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -42,8 +58,117 @@ class StacRaster:
 
 
 def is_stac(source: str) -> bool:
-    """Whether `source` names a STAC document (a ``.json`` path or URL, with its fragment)."""
-    return source.split("#", 1)[0].lower().endswith(".json")
+    """Whether `source` names a STAC document (a ``.json`` path or URL, with its fragment) or
+    a STAC API search (`search_source`)."""
+    return source.startswith(API_PREFIX) or source.split("#", 1)[0].lower().endswith(".json")
+
+
+def search_source(
+    api: str,
+    *,
+    collections: Sequence[str] = (),
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+) -> str:
+    """The source that searches the STAC API at `api` (its landing page URL): items of
+    `collections` intersecting `bbox` (WGS 84 longitude, latitude) at `datetime` (RFC 3339,
+    or an interval ``start/end``)."""
+    if not api.startswith(("http://", "https://")):
+        raise InputError(f"--stac-api takes the http(s) URL of a STAC API, not {api!r}.")
+    query: dict[str, str] = {}
+    if collections:
+        query["collections"] = ",".join(collections)
+    if bbox is not None:
+        query["bbox"] = ",".join(f"{v:.12g}" for v in bbox)
+    if datetime:
+        query["datetime"] = datetime
+    url = api.split("#", 1)[0]
+    return f"{API_PREFIX}{url}?{urllib.parse.urlencode(query, safe=',/:')}"
+
+
+def _search(source: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """(item, the URL its relative hrefs resolve against) of every item a search finds.
+
+    One sentence for an API that does not answer, that is no STAC API with item search, a
+    query it refuses, no item found, or more than `MAX_SEARCH_ITEMS`.
+    """
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    api, _, query = source.removeprefix(API_PREFIX).partition("?")
+    params = dict(urllib.parse.parse_qsl(query))
+    try:
+        with warnings.catch_warnings(), _quiet_retries():
+            warnings.simplefilter("ignore")  # pystac-client warns of what it does without
+            client = Client.open(api, timeout=API_TIMEOUT_S)
+    except APIError as exc:
+        reason = _why(exc)
+        raise InputError(
+            f"no STAC API answered at {api} ({reason}); is the URL right and the service up?"
+        ) from None
+    except Exception as exc:  # pystac's own errors for a landing page that is not STAC
+        raise InputError(
+            f"{api} is not a STAC API ({exc.__class__.__name__}: {_first_line(exc)})."
+        ) from None
+    if not client.conforms_to("ITEM_SEARCH"):
+        raise InputError(f"{api} is a STAC catalog without item search, not a STAC API.")
+    collections = params.get("collections")
+    try:
+        with warnings.catch_warnings(), _quiet_retries():
+            warnings.simplefilter("ignore")  # e.g. a search link without a media type
+            search = client.search(
+                collections=collections.split(",") if collections else None,
+                bbox=[float(v) for v in params["bbox"].split(",")] if "bbox" in params else None,
+                datetime=params.get("datetime"),
+                max_items=MAX_SEARCH_ITEMS + 1,
+            )
+            items = list(search.items_as_dicts())
+    except APIError as exc:
+        raise InputError(f"{api} refused the search ({_why(exc)}).") from None
+    except Exception as exc:  # pystac-client's bare Exception for a --datetime it cannot read
+        raise InputError(f"{api}: the search cannot be made ({_first_line(exc)}).") from None
+    asked = ", ".join(f"{k} {v}" for k, v in params.items()) or "no criteria"
+    if not items:
+        raise InputError(f"{api}: the search ({asked}) found no item.")
+    if len(items) > MAX_SEARCH_ITEMS:
+        raise InputError(
+            f"{api}: the search ({asked}) finds over {MAX_SEARCH_ITEMS} items; narrow it "
+            "with --bbox, --datetime or --collection."
+        )
+    for item in items:
+        links = [link for link in item.get("links") or [] if isinstance(link, dict)]
+        where = next((str(k["href"]) for k in links if k.get("rel") == "self"), api)
+        yield item, where
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """urllib3's retry warnings off the terminal (the failure is one sentence), unless debug
+    logs are on (`lisegagr -v`)."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    before = logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _why(exc: BaseException) -> str:
+    """The cause of a failed request, short: the OS's words when there are some."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
+    if found:
+        return found.group(1).strip().rstrip(".")
+    if "timed out" in text.lower():
+        return "timed out"
+    return _first_line(exc)[:200]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else exc.__class__.__name__
 
 
 def with_assets(source: str, assets: str | None) -> str:
@@ -104,6 +229,9 @@ def _items(
     url: str, storage_options: Mapping[str, Any] | None, source: str
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """(item, the URL its hrefs resolve against) of every item under `url`."""
+    if url.startswith(API_PREFIX):
+        yield from _search(url)
+        return
     todo, seen = [url], set()
     while todo:
         where = todo.pop(0)

@@ -155,6 +155,14 @@ def scheduler_gone(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     return result
 
 
+def stac_api_gone(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    api = f"http://127.0.0.1:{_unused_port()}/"
+    args = ["run", "--stac-api", api, "--bbox", "-88,39,-87,40", "--out", str(tmp / "o")]
+    result = runner.invoke(app, [*args, *TINY])
+    assert not (tmp / "o").exists()
+    return result
+
+
 CLUSTER_RUN = ["--points-per-side", "4", "--no-classifier", "--core", "128", "--halo", "0"]
 
 
@@ -243,6 +251,7 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "two images have the same name": same_names,
     "a run was killed (`kill -9`, OOM)": killed_run,
     "the output was written by an older lisegagr": older_output,
+    "the STAC API does not answer": stac_api_gone,
     "the Dask scheduler does not answer": scheduler_gone,
     "no worker can take segmentation (none connected, or none with its resource) for "
     "`--wait-for-workers` seconds": no_capable_worker,
