@@ -472,47 +472,22 @@ def status(output: Annotated[str, RunArgument]) -> None:
     """Tiles done, cached, failed (with reasons) and pending of a run, finished or not."""
     from rich.table import Table
 
-    from lisegagr_core.run import RegionPaths, read_manifest
+    from lisegagr_core.run import run_status
 
-    paths = RegionPaths(output)
     try:
-        manifest = read_manifest(output)
-        with storage_errors(output):
-            stored = paths.stored_tile_keys()
+        summary = run_status(output)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
     table = Table("status", "tiles")
-    by_status: dict[str, int] = {}
-    for key, tile in manifest.tiles.items():
-        state = tile.status
-        if state == "pending" and key in stored:
-            state = "computed"  # finished after the manifest was last written
-        by_status[state] = by_status.get(state, 0) + 1
-    for state, count in sorted(by_status.items()):
+    for state, count in summary.by_status.items():
         table.add_row(state, str(count))
     out.print(
-        f"{output}: {_run_state(paths, manifest)}, {len(manifest.tiles)} tiles, "
-        f"model {manifest.model}",
+        f"{output}: {summary.state_text}, {summary.tiles} tiles, model {summary.model}",
         soft_wrap=True,
     )
     out.print(table)
-    for key, tile in manifest.tiles.items():
-        if tile.status == "failed":
-            out.print(f"  failed {key}: {tile.error}", soft_wrap=True)
-
-
-def _run_state(paths: RegionPaths, manifest: RunManifest) -> str:
-    """The manifest's state, except that a "running" run whose process is gone (killed, or
-    its machine restarted) is "interrupted, resumable"."""
-    from lisegagr_core.run import RunLock
-
-    if manifest.state != "running":
-        return manifest.state
-    with storage_errors(paths.root):
-        holder = RunLock(paths).holder()
-    if holder is None or RunLock.is_gone(holder):
-        return f"interrupted, resumable (`lisegagr resume {paths.root}`)"
-    return f"running (pid {holder.get('pid')} on {holder.get('host')})"
+    for key, error in summary.failed.items():
+        out.print(f"  failed {key}: {error}", soft_wrap=True)
 
 
 @app.command()

@@ -6,17 +6,47 @@
     stages.py    the stages, plain functions (segment a batch, merge, write, vectorise)
     pipeline.py  the run over any executor (`plan_run`, `run_pipeline`, `Executor`)
     local.py     the in-process executor (`run_region`)
+    status.py    where a run stands, for `lisegagr status` (`run_status`, `RunStatus`)
     export.py    the mosaic as Cloud-Optimised GeoTIFFs
 
 The Prefect flow (`flows/region.py`) is the other executor: the same pipeline, its stages
 as Prefect tasks on Dask workers.
+
+The names below are imported on first use: `from lisegagr_core.run import read_manifest`
+loads the store and the manifest only, `run_region` the whole method.
 """
 
-from lisegagr_core.run.local import InProcessExecutor, run_region
-from lisegagr_core.run.lock import RunLock
-from lisegagr_core.run.manifest import RunManifest, TileStatus, read_manifest
-from lisegagr_core.run.pipeline import Executor, RegionRun, plan_run, run_pipeline
-from lisegagr_core.run.store import RegionPaths
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lisegagr_core.run.local import InProcessExecutor, run_region
+    from lisegagr_core.run.lock import RunLock
+    from lisegagr_core.run.manifest import RunManifest, TileStatus, read_manifest
+    from lisegagr_core.run.pipeline import Executor, RegionRun, plan_run, run_pipeline
+    from lisegagr_core.run.status import RunStatus, run_status
+    from lisegagr_core.run.store import RegionPaths
+
+#: Each name this package exposes, and the module that defines it. Imported on first use, so
+#: reading a run (store, manifest, lock, status) does not load the method's stack (torch,
+#: Dask, Zarr, GeoPandas), which only the pipeline and the executors need.
+_WHERE = {
+    "Executor": "pipeline",
+    "InProcessExecutor": "local",
+    "RegionPaths": "store",
+    "RegionRun": "pipeline",
+    "RunLock": "lock",
+    "RunManifest": "manifest",
+    "RunStatus": "status",
+    "TileStatus": "manifest",
+    "plan_run": "pipeline",
+    "read_manifest": "manifest",
+    "run_pipeline": "pipeline",
+    "run_region": "local",
+    "run_status": "status",
+}
 
 __all__ = [
     "Executor",
@@ -25,9 +55,24 @@ __all__ = [
     "RegionRun",
     "RunLock",
     "RunManifest",
+    "RunStatus",
     "TileStatus",
     "plan_run",
     "read_manifest",
     "run_pipeline",
     "run_region",
+    "run_status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lisegagr_core.errors import InputError
-from lisegagr_core.grid import TileGrid
 from lisegagr_core.run.store import RegionPaths
 from lisegagr_core.storage import storage_errors
+
+if TYPE_CHECKING:
+    from lisegagr_core.grid import TileGrid
 
 #: A tile's status: where it stands in this run.
 TILE_STATES = ("pending", "computed", "cached", "empty", "failed")
@@ -59,6 +61,8 @@ class RunManifest:
 
     @property
     def tile_grid(self) -> TileGrid:
+        from lisegagr_core.grid import TileGrid  # rasterio: not needed to read a manifest
+
         return TileGrid.from_description(self.grid)
 
     def count(self) -> dict[str, int]:

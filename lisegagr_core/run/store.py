@@ -9,6 +9,10 @@
 
 Tile results and scores are addressed by content (tile hash, classifier hash): whichever
 executor wrote them, a later run that finds them does not compute them again.
+
+Reading the layout, the manifest and the lock needs none of the method: this module imports
+only fsspec at the top, and numpy and the tile types inside the functions that (de)serialise a
+tile result, so `lisegagr status` and a notebook reading a run start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -18,13 +22,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import numpy as np
 
-from lisegagr_core.engine import Instance
-from lisegagr_core.tiles import TileResult
+if TYPE_CHECKING:
+    from lisegagr_core.tiles import TileResult
 
 #: What `clear` removes: everything a run writes.
 RUN_OUTPUTS = ("mosaic.zarr", "fields.parquet", "manifest.json", "tiles", "scores")
@@ -93,16 +96,20 @@ class RegionPaths:
             self.remove(self.join(name))
 
     def stored_tile_keys(self) -> set[str]:
-        """Keys of the tiles with a stored result (what a killed run left behind)."""
+        """Keys of the tiles with a stored result (what a killed run left behind); a result
+        still being written (`.part`) is not one."""
         fs, path = self._fs(self.join("tiles"))
         if not fs.exists(path):
             return set()
-        return {name.rsplit("/", 1)[-1].split(".")[0] for name in fs.ls(path, detail=False)}
+        names = (name.rsplit("/", 1)[-1] for name in fs.ls(path, detail=False))
+        return {name.split(".")[0] for name in names if name.endswith(".npz")}
 
     # -- tile results and scores ---------------------------------------------------------
 
     def save_tile_result(self, result: TileResult) -> None:
         """One compressed .npz (labels, packed valid mask, JSON records); atomic locally."""
+        import numpy as np
+
         buffer = io.BytesIO()
         records = json.dumps(
             {
@@ -131,6 +138,11 @@ class RegionPaths:
             stream.write(buffer.getvalue())
 
     def load_tile_result(self, key: str, digest: str) -> TileResult:
+        import numpy as np
+
+        from lisegagr_core.engine import Instance
+        from lisegagr_core.tiles import TileResult
+
         fs, path = self._fs(self.tile(key, digest))
         with fs.open(path, "rb") as stream:
             data = np.load(io.BytesIO(stream.read()))
