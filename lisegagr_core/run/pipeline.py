@@ -133,7 +133,7 @@ def plan_run(
         str(getattr(source, "name", "the model")),
     )
     if note is not None:
-        log.warning("%s", note)
+        log.info("%s", note)
     return RegionRun(
         sources=tuple(absolute_sources(sources)),
         rasters=rasters,
