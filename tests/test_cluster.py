@@ -118,8 +118,11 @@ def _run_cli(args: list[str]) -> subprocess.Popen[str]:
 
 def _read_lines(stream: object, into: list[tuple[float, str]]) -> threading.Thread:
     def read() -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            into.append((time.monotonic(), line.rstrip()))
+        try:
+            for line in stream:  # type: ignore[attr-defined]
+                into.append((time.monotonic(), line.rstrip()))
+        except ValueError:  # the test closed the pipe when its process ended: nothing more
+            return
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
