@@ -182,9 +182,14 @@ class ImageEncoder:
     @torch.inference_mode()
     def encode(self, images: Sequence[NDArray[np.uint8]]) -> torch.Tensor:
         """(N, C, g, g) fp32 embeddings of N images, `max_batch` images per encoder call."""
+        return self.encode_prepared([self.prepare(image) for image in images])
+
+    @torch.inference_mode()
+    def encode_prepared(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`encode` of images already `prepare`d (when their model inputs are needed too)."""
         outputs = []
-        for start in range(0, len(images), self.max_batch):
-            batch = torch.stack([self.prepare(im) for im in images[start : start + self.max_batch]])
+        for start in range(0, len(inputs), self.max_batch):
+            batch = torch.stack(list(inputs[start : start + self.max_batch]))
             with torch.autocast(
                 self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
             ):

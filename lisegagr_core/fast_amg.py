@@ -224,12 +224,15 @@ class FastMaskGenerator:
             jobs.extend((index, box, layer) for box, layer in zip(boxes, layers, strict=True))
         crops = [images[i][box[1] : box[3], box[0] : box[2]] for i, box, _ in jobs]
         with self._timed("encoder"):
-            features = self.encoder.encode(crops) if crops else None
+            inputs = [self.encoder.prepare(crop) for crop in crops]
+            features = self.encoder.encode_prepared(inputs) if crops else None
         per_image: list[list[GeneratedMasks]] = [[] for _ in images]
         for j, (index, box, layer) in enumerate(jobs):
             assert features is not None
             size = (images[index].shape[0], images[index].shape[1])
-            per_image[index].append(self._crop(features[j : j + 1], crops[j], box, layer, size))
+            per_image[index].append(
+                self._crop(features[j : j + 1], inputs[j], crops[j], box, layer, size)
+            )
         return [self._combine(parts) for parts in per_image]
 
     def prompt_batch(self) -> int:
@@ -259,18 +262,22 @@ class FastMaskGenerator:
     def _crop(
         self,
         features: torch.Tensor,
+        prepared: torch.Tensor,
         crop: NDArray[np.uint8],
         crop_box: list[int],
         layer: int,
         image_size: tuple[int, int],
     ) -> GeneratedMasks:
-        """Masks of one crop: decode, filter at low resolution, upsample survivors, NMS."""
+        """Masks of one crop (`prepared`: its model input): decode, filter at low resolution,
+        upsample survivors, NMS."""
         crop_size = (crop.shape[0], crop.shape[1])
         input_size = self.encoder.input_size(crop_size)
         maps = None
         if self.settings.prompts == "field-head" or self.settings.head_clip:
             with self._timed("field head"):
-                maps = predict_field_maps(self.sam, self.encoder, [crop], features)[0]
+                maps = predict_field_maps(
+                    self.sam, self.encoder, [crop], features, inputs=[prepared]
+                )[0]
         with self._timed("decoder"):
             candidates = self._decode(features, crop, input_size, layer, maps)
         with self._timed("postprocess"):

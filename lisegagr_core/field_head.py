@@ -17,7 +17,7 @@ weighted, and BCE against the soft depth target).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -161,6 +161,10 @@ class HeadLoss:
     extent: torch.Tensor
     boundary: torch.Tensor
     depth: torch.Tensor
+
+    def detached(self) -> HeadLoss:
+        """The same values, cut from the autograd graph."""
+        return HeadLoss(*(getattr(self, item.name).detach() for item in fields(self)))
 
 
 def _masked_dice(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from scipy import ndimage
 from segment_anything.modeling import Sam
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 from lisegagr_core.config import AmgSettings
 from lisegagr_core.encoder import ImageEncoder
@@ -64,21 +64,25 @@ def predict_field_maps(
     encoder: ImageEncoder,
     images: Sequence[NDArray[np.uint8]],
     features: torch.Tensor | None = None,
+    inputs: Sequence[torch.Tensor] | None = None,
 ) -> list[FieldMaps]:
     """The head's maps of (H, W, 3) uint8 `images`, at each image's own size.
 
-    `features` are the images' embeddings when already computed (`encoder.encode(images)`).
+    `inputs` are the images' model inputs (`encoder.prepare`) and `features` their embeddings,
+    when the caller already has them; each image is prepared and encoded once either way.
     """
     head = field_head_of(sam)
     if head is None:
         raise ValueError("the model has no field head")
     if not images:
         return []
+    if inputs is None:
+        inputs = [encoder.prepare(image) for image in images]
     if features is None:
-        features = encoder.encode(images)
+        features = encoder.encode_prepared(inputs)
     maps = []
     for index, image in enumerate(images):
-        prepared = encoder.prepare(image)[None]
+        prepared = inputs[index][None]
         logits = head(prepared, features[index : index + 1].to(prepared.dtype))
         height, width = encoder.input_size((image.shape[0], image.shape[1]))
         probabilities = logits[:, :, :height, :width].float().sigmoid()
@@ -109,16 +113,9 @@ def seed_labels(
         small = areas < settings.head_min_seed_area
         small[0] = False
         labels[small[labels]] = 0
-        labels, count = _relabel(labels)
+        labels = relabel_sequential(labels)[0]
+        count = int(labels.max())
     return labels.astype(np.int32), count
-
-
-def _relabel(labels: NDArray[np.integer]) -> tuple[NDArray[np.int32], int]:
-    present = np.unique(labels)
-    present = present[present > 0]
-    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lookup[labels], len(present)
 
 
 def head_prompts(

@@ -432,9 +432,7 @@ def train_step(
     return StepTerms(
         total=total.detach(),
         prompt=terms.detached(),
-        head=None
-        if head_terms is None
-        else HeadLoss(*(value.detach() for value in vars(head_terms).values())),
+        head=None if head_terms is None else head_terms.detached(),
     )
 
 
