@@ -41,9 +41,14 @@ def write_scene(
 
 
 def write_rgb_geotiff(
-    path: Path, rgb: np.ndarray, transform: Affine, crs: str = "EPSG:32633"
+    path: Path,
+    rgb: np.ndarray,
+    transform: Affine,
+    crs: str = "EPSG:32633",
+    **profile: object,
 ) -> Path:
-    """An (H, W, 3) image as a plain GeoTIFF on `transform` in `crs`, without nodata."""
+    """An (H, W, 3) image as a GeoTIFF on `transform` in `crs` (plain, without nodata, unless
+    `profile` adds creation options or a nodata value)."""
     with rasterio.open(
         path,
         "w",
@@ -54,6 +59,7 @@ def write_rgb_geotiff(
         dtype=rgb.dtype,
         crs=crs,
         transform=transform,
+        **profile,
     ) as dst:
         dst.write(np.moveaxis(rgb, -1, 0))
     return path

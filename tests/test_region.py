@@ -25,7 +25,7 @@ from lisegagr_core.run import RunManifest, TileStatus, run_region
 from lisegagr_core.sources import MaskSource
 from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
-from .flow_helpers import truth_spec
+from .flow_helpers import truth_spec, write_rgb_geotiff
 from .naip import naip_names, naip_scene
 
 ORIGIN = Affine(1.0, 0.0, 400_000.0, 0.0, -1.0, 4_400_000.0)
@@ -35,23 +35,10 @@ SMALL_TILES = RegionConfig(core=192, halo=32)  # much smaller than most fields
 def _write_geotiff(
     path: Path, rgb: np.ndarray, transform: Affine = ORIGIN, **profile: object
 ) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=rgb.shape[1],
-        height=rgb.shape[0],
-        count=3,
-        dtype=rgb.dtype,
-        crs="EPSG:32616",
-        transform=transform,
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-        **profile,
-    ) as dst:
-        dst.write(np.moveaxis(rgb, -1, 0))
-    return path
+    """A tiled GeoTIFF (256-px blocks) in UTM zone 16 N."""
+    return write_rgb_geotiff(
+        path, rgb, transform, "EPSG:32616", tiled=True, blockxsize=256, blockysize=256, **profile
+    )
 
 
 def _run(
