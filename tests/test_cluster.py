@@ -116,6 +116,24 @@ def _run_cli(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
+def _run_args(imagery: Path, out: Path, cluster: Cluster, *extra: str) -> list[str]:
+    """`lisegagr run` of `imagery` into `out` on `cluster` with the tiny model, in 4 tiles."""
+    return [
+        "run",
+        str(imagery),
+        "--out",
+        str(out),
+        "--scheduler",
+        cluster.address,
+        *TINY,
+        "--core",
+        "256",
+        "--halo",
+        "0",
+        *extra,
+    ]
+
+
 def _read_lines(stream: object, into: list[tuple[float, str]]) -> threading.Thread:
     def read() -> None:
         try:
@@ -154,21 +172,7 @@ def test_a_run_says_it_waits_for_workers_and_uses_a_cpu_worker_that_joins(
     imagery, _ = write_scene(tmp_path, size=512)
     out = tmp_path / "out"
     lines: list[tuple[float, str]] = []
-    process = _run_cli(
-        [
-            "run",
-            str(imagery),
-            "--out",
-            str(out),
-            "--scheduler",
-            cluster.address,
-            *TINY,
-            "--core",
-            "256",
-            "--halo",
-            "0",
-        ]
-    )
+    process = _run_cli(_run_args(imagery, out, cluster))
     try:
         _read_lines(process.stderr, lines)
         prefect_line, _ = _wait_for_line(lines, "prefect:", process, 120)
@@ -209,23 +213,9 @@ def test_a_gpu_only_run_on_cpu_workers_stops_resumable_after_the_wait(
     started = time.monotonic()
     stopped = runner.invoke(
         app,
-        [
-            "run",
-            str(imagery),
-            "--out",
-            str(out),
-            "--scheduler",
-            cluster.address,
-            *TINY,
-            "--core",
-            "256",
-            "--halo",
-            "0",
-            "--segmentation-resource",
-            "GPU=1",
-            "--wait-for-workers",
-            "4",
-        ],
+        _run_args(
+            imagery, out, cluster, "--segmentation-resource", "GPU=1", "--wait-for-workers", "4"
+        ),
     )
     seconds = time.monotonic() - started
     shown = " ".join(stopped.output.split())
