@@ -87,7 +87,12 @@ class ProceduralTruth:
 
     size: int
     model_id = "ground-truth:procedural"
+    name = "ground truth (benchmark)"
     shared_across_tiles = False
+    device = input_size = input_gsd_m = None
+
+    def unavailable_here(self) -> None:
+        return None
 
     def describe(self) -> str:
         return "ground truth (benchmark)"

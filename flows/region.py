@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import dask
@@ -31,12 +30,11 @@ from flows.cluster import (
     check_scheduler,
     dask_client,
 )
-from lisegagr_core.config import RegionConfig, load_region_config
 from lisegagr_core.errors import LisegagrError
-from lisegagr_core.run import RegionRun, RunManifest, TileStatus, plan_run, run_pipeline
+from lisegagr_core.run import RegionRun, RunManifest, TileStatus, run_pipeline
+from lisegagr_core.run.assemble import RunRequest, claim_run
+from lisegagr_core.run.pipeline import TileCallback
 from lisegagr_core.run.stages import segment_batch
-from lisegagr_core.source_specs import SamSpec
-from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 from tasks import STAGE_TASKS
 from tasks.tiles import GPU
 from tasks.worker_check import WorkerUnfit
@@ -49,9 +47,6 @@ T = TypeVar("T")
 DASHBOARD_ADDRESS = "127.0.0.1:0"
 # set-up of local workers: no traceback when a run's own scheduler closes (flows/local_worker.py)
 LOCAL_WORKER_PRELOAD = "flows.local_worker"
-
-#: Called with each tile's status as it finishes (progress bars).
-TileCallback = Callable[[TileStatus], None]
 
 # Listeners live here, not in the flow's parameters or globals: Prefect ships the flow (its
 # function, by value) and its parameters to the workers, and a progress bar cannot travel.
@@ -263,43 +258,6 @@ def task_runner(scheduler: str | None = None, workers: int | None = None) -> Any
     )
 
 
-def sam_source(
-    model: str | None, weights_dir: str | None, device: str | None
-) -> tuple[SamSpec, dict[str, Any]]:
-    """The SAM spec for a model name or path, and the settings recorded with the model.
-
-    The checkpoint is loaded and checked here, before any cluster starts."""
-    from lisegagr_core.models import load_chosen_sam, model_description
-
-    folder = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR
-    sam = load_chosen_sam(model, folder, "cpu")
-    spec = SamSpec(
-        model or sam.name,
-        str(folder.absolute()),
-        sam.checkpoint_sha256,
-        model_description(sam),
-        device,
-        sam.architecture.image_size,
-        sam.input_gsd_m,
-    )
-    return spec, sam.engine_settings
-
-
-def with_default_classifier(
-    config: RegionConfig, weights_dir: str | None, *, enabled: bool = True
-) -> RegionConfig:
-    """`config` with the manifest's default classifier when it names none; without one when
-    not `enabled`. A shipped classifier that is missing or altered raises WeightsError."""
-    from lisegagr_core.weights import default_classifier
-
-    if not enabled:
-        return config.model_copy(update={"classifier": None})
-    if config.classifier:
-        return config
-    path = default_classifier(Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR)
-    return config if path is None else config.model_copy(update={"classifier": str(path)})
-
-
 @flow(name="lisegagr-region", flow_run_name="region {out}")
 def region_flow(
     sources: list[str],
@@ -315,14 +273,25 @@ def region_flow(
     segmentation_resource: str = "auto",
     wait_for_workers: float = WAIT_FOR_WORKERS_S,
 ) -> RunManifest:
-    """Map the fields of `sources` into `out` (see the module docstring)."""
+    """Map the fields of `sources` into `out` (see the module docstring). The run is assembled
+    and its output claimed (`claim_run`) before the cluster starts."""
     if scheduler:
         check_scheduler(scheduler)
-    source, settings = sam_source(model, weights_dir, device)
-    region_config = load_region_config(config, overrides, model_settings=settings)
-    region_config = with_default_classifier(region_config, weights_dir, enabled=classify)
-    run = plan_run(sources, out, region_config, source)
+    request = RunRequest(
+        sources,
+        out,
+        config,
+        overrides or {},
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        classify=classify,
+    )
     placement = Placement(
         segmentation_resource, wait_for_workers, resume_hint=f"lisegagr resume {out}"
     )
-    return map_region.with_options(task_runner=task_runner(scheduler, workers))(run, placement)
+    with claim_run(request) as run:
+        manifest: RunManifest = map_region.with_options(
+            task_runner=task_runner(scheduler, workers)
+        )(run, placement)
+    return manifest

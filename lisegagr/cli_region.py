@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,67 +30,17 @@ from lisegagr_core.storage import check_writable, storage_errors
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 if TYPE_CHECKING:
-    from lisegagr_core.run import RegionPaths, RunManifest
+    from lisegagr_core.config import RegionConfig
+    from lisegagr_core.run import RunManifest
+    from lisegagr_core.source_specs import MaskSourceSpec
 
 EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
-
-
-def _check_run_layout(config_path: Path | None) -> None:
-    """Refuse a `segment`-style file (engine settings at the top) with what to write instead."""
-    import yaml
-
-    from lisegagr_core.config import EngineConfig, RegionConfig
-    from lisegagr_core.errors import InputError
-
-    if config_path is None or not config_path.is_file():
-        return  # load_region_config reports it
-    try:
-        data = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError:
-        return
-    if not isinstance(data, dict):
-        return
-    engine_only = set(EngineConfig.model_fields) - set(RegionConfig.model_fields)
-    misplaced = [key for key in data if key in engine_only]
-    if misplaced:
-        nested = ", ".join(f"{key}: ..." for key in misplaced)
-        what = "is an engine setting" if len(misplaced) == 1 else "are engine settings"
-        raise InputError(
-            f"{config_path}: {', '.join(misplaced)} {what}, at the top as for `segment`; "
-            f"for `run` put {'it' if len(misplaced) == 1 else 'them'} under `engine:` "
-            f"(engine: {{{nested}}})."
-        )
-
-
-def _claim_output(paths: RegionPaths, sources: Sequence[str], overwrite: bool) -> None:
-    """Refuse an output that holds the map of other sources, unless `overwrite`: then clear
-    it (mosaic, polygons, manifest, cached tiles and scores), so nothing of the old map stays."""
-    from lisegagr_core.errors import InputError
-    from lisegagr_core.rasters import absolute_sources
-    from lisegagr_core.run import read_manifest
-
-    if not paths.exists(paths.manifest):
-        return
-    try:
-        recorded = read_manifest(paths.root, dict(paths.storage_options)).sources
-    except InputError as exc:
-        if not overwrite:
-            raise InputError(f"{exc} Or pass --overwrite to replace it.") from None
-        recorded = []
-    if recorded and absolute_sources(recorded) == absolute_sources(sources):
-        return  # the same region: a re-run or a resume, cached tiles are reused
-    if not overwrite:
-        raise InputError(
-            f"{paths.root} holds the map of other sources ({', '.join(recorded)}); pass "
-            "--overwrite to replace it, or choose another --out."
-        )
-    paths.clear()
 
 
 def execute_run(
     sources: list[str],
     output: str,
-    config_path: Path | None,
+    config: Path | RegionConfig | None,
     overrides: dict[str, Any],
     *,
     model: str | None,
@@ -98,14 +48,15 @@ def execute_run(
     device: str | None,
     scheduler: str | None,
     workers: int | None,
-    source_spec: Any = None,
+    source_spec: MaskSourceSpec | None = None,
     classify: bool = True,
     overwrite: bool = False,
     segmentation_resource: str = "auto",
     wait_for_workers: float | None = None,
     connect_timeout: float | None = None,
 ) -> RunManifest:
-    """Validate everything, then run the region flow on one Prefect server and a Dask cluster.
+    """Assemble the run and claim its output (`claim_run`), then run the region flow on one
+    Prefect server and a Dask cluster.
 
     Bad input (a raster, a band, a checkpoint, a setting, a busy output, a scheduler that does
     not answer) fails here in one sentence, before any server or cluster starts. While no
@@ -121,108 +72,104 @@ def execute_run(
         listening_to_cluster,
         parse_resource,
     )
-    from flows.region import (
-        listening_to_tiles,
-        map_region,
-        one_sentence_errors,
-        sam_source,
-        task_runner,
-        with_default_classifier,
-    )
+    from flows.region import listening_to_tiles, map_region, one_sentence_errors, task_runner
     from flows.server import prefect_server
-    from lisegagr_core.config import load_region_config
-    from lisegagr_core.run import RegionPaths, RunLock, TileStatus, plan_run
+    from lisegagr_core.run import TileStatus
+    from lisegagr_core.run.assemble import RunRequest, claim_run
 
     placement = Placement(
         segmentation_resource,
         WAIT_FOR_WORKERS_S if wait_for_workers is None else wait_for_workers,
         resume_hint=f"lisegagr resume {output}",
     )
-    try:
-        parse_resource(segmentation_resource)
-        if scheduler:  # before anything is loaded, written or started
-            check_scheduler(
-                scheduler, CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
-            )
-        _check_run_layout(config_path)
-        settings: dict[str, Any] = {}
-        if source_spec is None:
-            source_spec, settings = sam_source(model, str(weights_dir), device)
-        region_config = load_region_config(config_path, overrides, model_settings=settings)
-        region_config = with_default_classifier(region_config, str(weights_dir), enabled=classify)
-        planned = plan_run(sources, output, region_config, source_spec)
-        check_writable(output)
-        paths = RegionPaths(output)
-        with storage_errors(output):
-            RunLock(paths).check()  # before any server or cluster starts
-            _claim_output(paths, planned.sources, overwrite)
-    except LisegagrError as exc:
-        raise fail(str(exc)) from None
-    say("model:", source_spec.describe())
-    for note in planned.notes:
-        say("[yellow]note:[/]", note)
-    tiles = len(planned.grid)
-    counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
-    with (
-        prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api,
-        Progress(
-            TextColumn("[bold]tiles"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeRemainingColumn(),
-            console=console,
-            # Prefect ships its context (log handlers and their streams) to the workers;
-            # a redirected stream (it holds a lock) cannot travel.
-            redirect_stdout=False,
-            redirect_stderr=False,
-        ) as progress,
-    ):
-        say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
-        bar = progress.add_task("tiles", total=tiles, counts="starting workers")
-
-        def on_tile(status: TileStatus) -> None:
-            counts[status.status] = counts.get(status.status, 0) + 1
-            shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
-            progress.update(bar, advance=1, counts=shown)
-
-        said = {"line": ""}
-
-        def on_cluster(kind: str, line: str, waited: float) -> None:
-            if kind == "unfit":
-                say("[yellow]worker:[/]", line)
-            elif kind == "note":
-                say("[yellow]note:[/]", line)
-            elif kind == "waiting":
-                if line != said["line"]:
-                    say("[yellow]waiting:[/]", line)
-                progress.update(bar, counts=f"waiting for workers {waited:.0f} s")
-            else:
-                shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
-                progress.update(bar, counts=shown or "segmenting")
-            said["line"] = line if kind == "waiting" else ""
-
+    request = RunRequest(
+        sources,
+        output,
+        config,
+        overrides,
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        source=source_spec,
+        classify=classify,
+        overwrite=overwrite,
+    )
+    with contextlib.ExitStack() as claimed:
         try:
-            with (
-                listening_to_tiles(on_tile),
-                listening_to_cluster(on_cluster),
-                one_sentence_errors(),
-            ):
-                manifest: RunManifest = map_region.with_options(
-                    task_runner=task_runner(scheduler, workers)
-                )(planned, placement)
-        except NoWorkers as exc:
-            say("[bold red]error:[/]", str(exc))
-            raise typer.Exit(code=1) from None
+            parse_resource(segmentation_resource)
+            if scheduler:  # before anything is loaded, written or started
+                check_scheduler(
+                    scheduler, CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
+                )
+            planned = claimed.enter_context(claim_run(request))
         except LisegagrError as exc:
             raise fail(str(exc)) from None
+        say("model:", planned.source.describe())
+        for note in planned.notes:
+            say("[yellow]note:[/]", note)
+        tiles = len(planned.grid)
+        counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
+        with (
+            prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api,
+            Progress(
+                TextColumn("[bold]tiles"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeRemainingColumn(),
+                console=console,
+                # Prefect ships its context (log handlers and their streams) to the workers;
+                # a redirected stream (it holds a lock) cannot travel.
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as progress,
+        ):
+            say("prefect:", f"{api.removesuffix('/api')} (runs, tasks and logs)")
+            bar = progress.add_task("tiles", total=tiles, counts="starting workers")
+
+            def on_tile(status: TileStatus) -> None:
+                counts[status.status] = counts.get(status.status, 0) + 1
+                shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
+                progress.update(bar, advance=1, counts=shown)
+
+            said = {"line": ""}
+
+            def on_cluster(kind: str, line: str, waited: float) -> None:
+                if kind == "unfit":
+                    say("[yellow]worker:[/]", line)
+                elif kind == "note":
+                    say("[yellow]note:[/]", line)
+                elif kind == "waiting":
+                    if line != said["line"]:
+                        say("[yellow]waiting:[/]", line)
+                    progress.update(bar, counts=f"waiting for workers {waited:.0f} s")
+                else:
+                    shown = " ".join(f"{k} {v}" for k, v in counts.items() if v)
+                    progress.update(bar, counts=shown or "segmenting")
+                said["line"] = line if kind == "waiting" else ""
+
+            try:
+                with (
+                    listening_to_tiles(on_tile),
+                    listening_to_cluster(on_cluster),
+                    one_sentence_errors(),
+                ):
+                    manifest: RunManifest = map_region.with_options(
+                        task_runner=task_runner(scheduler, workers)
+                    )(planned, placement)
+            except NoWorkers as exc:
+                say("[bold red]error:[/]", str(exc))
+                raise typer.Exit(code=1) from None
+            except LisegagrError as exc:
+                raise fail(str(exc)) from None
     counts = manifest.counts
     out.print(
         f"{manifest.fields} fields from {tiles} tiles in {manifest.seconds:.1f} s "
         f"({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), made by "
-        f"{source_spec.describe()}",
+        f"{planned.source.describe()}",
         soft_wrap=True,
     )
+    paths = planned.paths
     for url in (paths.mosaic, paths.fields, paths.manifest):
         out.print(f"  {url}", soft_wrap=True)
     for key, status in manifest.tiles.items():
@@ -501,30 +448,38 @@ def resume(
     connect_timeout: ConnectTimeoutOption = None,
 ) -> None:
     """Run again with the configuration recorded in OUTPUT: only unfinished tiles compute."""
-    import json
-    import tempfile
+    from pydantic import ValidationError
 
+    from lisegagr_core.config import RegionConfig
     from lisegagr_core.run import read_manifest
-    from lisegagr_core.standins.ground_truth import ground_truth_from_record
+    from lisegagr_core.source_specs import spec_from_record
 
     try:
         manifest = read_manifest(output)
+        recorded = {
+            **manifest.mask_source,
+            "weights_dir": manifest.mask_source.get("weights_dir") or str(weights_dir),
+        }
+        source = spec_from_record(recorded)
+        config = RegionConfig.model_validate(manifest.config)
+    except ValidationError as exc:
+        raise fail(
+            f"{output}: the recorded configuration is not one this lisegagr reads "
+            f"({exc.errors()[0]['msg']}); run it again with `lisegagr run --overwrite`."
+        ) from None
     except LisegagrError as exc:
         raise fail(str(exc)) from None
-    recorded = manifest.mask_source
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config_file:
-        json.dump(manifest.config, config_file)
     resumed = execute_run(
         manifest.sources,
         output,
-        Path(config_file.name),
+        config,
         {},
-        model=recorded.get("name"),
-        weights_dir=Path(recorded.get("weights_dir") or weights_dir),
-        device=recorded.get("device"),
+        model=None,
+        weights_dir=weights_dir,
+        device=source.device,
         scheduler=scheduler,
         workers=workers,
-        source_spec=ground_truth_from_record(recorded),
+        source_spec=source,
         segmentation_resource=segmentation_resource,
         wait_for_workers=wait_for_workers,
         connect_timeout=connect_timeout,

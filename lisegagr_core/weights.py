@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -257,12 +258,23 @@ def fetch_hint(spec: CheckpointSpec) -> str:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of the file at `path`, read `chunk` bytes at a time."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of the file at `path`, read `chunk` bytes at a time: once per process for
+    a file of the same size and modification time (a worker checks and loads a checkpoint of
+    gigabytes with one read)."""
+    stat = path.stat()
+    key = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+    with _HASHED_LOCK:
+        if key not in _HASHED:
+            digest = hashlib.sha256()
+            with path.open("rb") as stream:
+                while block := stream.read(chunk):
+                    digest.update(block)
+            _HASHED[key] = digest.hexdigest()
+        return _HASHED[key]
+
+
+_HASHED: dict[tuple[str, int, int], str] = {}
+_HASHED_LOCK = threading.Lock()
 
 
 def verify_checkpoint(spec: CheckpointSpec, path: Path) -> None:

@@ -248,10 +248,11 @@ def test_workers_without_the_model_file_or_with_another_are_named_and_skipped(
     named in one sentence each, and the first maps every tile."""
     import torch
 
-    from flows.region import map_region, sam_source, task_runner
+    from flows.region import map_region, task_runner
     from lisegagr_core.config import load_region_config
     from lisegagr_core.models import build_tiny_sam
     from lisegagr_core.run import plan_run
+    from lisegagr_core.source_specs import SamSpec
 
     client_dir, good, empty, other = (tmp_path / n for n in ("client", "good", "empty", "other"))
     for folder in (client_dir, good, empty, other):
@@ -266,7 +267,7 @@ def test_workers_without_the_model_file_or_with_another_are_named_and_skipped(
     names = cluster.wait_for_workers(3)
 
     imagery, _ = write_scene(tmp_path, size=768)
-    source, settings = sam_source(str(checkpoint), None, "cpu")
+    source, settings = SamSpec.choose(str(checkpoint), None, "cpu")
     config = load_region_config(
         None, {"core": 256, "halo": 0, "engine.amg.points_per_side": 4}, model_settings=settings
     )

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.region import with_default_classifier
 from lisegagr_core.classify import ClassifierConfig
 from lisegagr_core.classify.model import FieldClassifier, load_classifier, save_classifier
 from lisegagr_core.config import RegionConfig
+from lisegagr_core.run.assemble import with_default_classifier
 from lisegagr_core.training import register_classifier
 from lisegagr_core.weights import Manifest, WeightsError, default_classifier
 

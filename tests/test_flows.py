@@ -19,7 +19,7 @@ import pytest
 from flows.region import map_region, task_runner
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.run import RunManifest, plan_run
-from lisegagr_core.source_specs import SourceSpec
+from lisegagr_core.source_specs import MaskSourceSpec
 from lisegagr_core.standins.ground_truth import GroundTruthSpec
 
 from .flow_helpers import corrupt_block, write_scene
@@ -35,7 +35,7 @@ def _map(
     sources: list[str],
     out: str,
     config: RegionConfig,
-    spec: SourceSpec,
+    spec: MaskSourceSpec,
     **options: object,
 ) -> RunManifest:
     """Plan a run and map it with the flow on `runner`."""
@@ -410,14 +410,14 @@ def test_tiny_sam_on_s3_imagery_through_an_existing_cluster(
     worker; the tiny SAM reads from a bucket and writes the mosaic to a bucket."""
     import xarray as xr
 
-    from flows.region import sam_source
     from lisegagr_core.config import load_region_config
+    from lisegagr_core.source_specs import SamSpec
 
     address, _ = cluster
     imagery, _ = write_scene(tmp_path, size=512, seed=2)
     fs = _bucket("county")
     fs.put(str(imagery), "county/naip/scene.tif")  # type: ignore[attr-defined]
-    source, settings = sam_source("tiny", None, "cpu")
+    source, settings = SamSpec.choose("tiny", None, "cpu")
     config = load_region_config(
         None,
         {
@@ -454,8 +454,9 @@ def test_cuda_out_of_memory_retries_the_tile_with_a_smaller_prompt_batch(tmp_pat
     class TightMemory:
         """A mask source spec whose device holds at most 16 prompts at once."""
 
-        model_id = "tight-memory"
+        model_id = name = "tight-memory"
         shared_across_tiles = True
+        device = input_size = input_gsd_m = None
 
         def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
             batches.append(amg.points_per_batch)
@@ -480,11 +481,11 @@ def test_tiles_segmented_several_per_task_give_the_same_map(tmp_path: Path) -> N
     import xarray as xr
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.region import sam_source
     from lisegagr_core.config import load_region_config
+    from lisegagr_core.source_specs import SamSpec
 
     imagery, _ = write_scene(tmp_path, size=768, seed=5)
-    source, settings = sam_source("tiny", None, "cpu")
+    source, settings = SamSpec.choose("tiny", None, "cpu")
     assert source.shared_across_tiles
     labels = {}
     for per_task in (1, 4):
@@ -513,19 +514,20 @@ def test_tiles_segmented_several_per_task_give_the_same_map(tmp_path: Path) -> N
 
 def test_a_segmentation_task_sends_its_tiles_through_sam_together(tmp_path: Path) -> None:
     """Round 1 of all the task's tiles is one call of the source (one encoder batch)."""
-    from flows.region import sam_source
     from lisegagr_core.config import AmgSettings, load_region_config
     from lisegagr_core.grid import TileSpec
     from lisegagr_core.run.stages import segment_batch
+    from lisegagr_core.source_specs import SamSpec
     from lisegagr_core.sources import MaskSource
 
     imagery, _ = write_scene(tmp_path, size=512, seed=6)
-    sam, settings = sam_source("tiny", None, "cpu")
+    sam, settings = SamSpec.choose("tiny", None, "cpu")
     calls: list[int] = []
 
     class Recording:
-        model_id = sam.model_id
+        model_id, name = sam.model_id, sam.name
         shared_across_tiles = True
+        device, input_size, input_gsd_m = sam.device, sam.input_size, sam.input_gsd_m
 
         def build(self, tile: TileSpec, amg: AmgSettings, transform: object) -> MaskSource:
             inner = sam.build(tile, amg, transform)  # type: ignore[arg-type]

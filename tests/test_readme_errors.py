@@ -194,20 +194,20 @@ def worker_without_model(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
 
     import torch
 
-    import flows.region
     from lisegagr_core.models import build_tiny_sam
+    from lisegagr_core.source_specs import SamSpec
 
     for folder in ("client", "good", "empty"):
         (tmp / folder).mkdir()
     torch.save(build_tiny_sam(seed=0).state_dict(), tmp / "client" / "fields.pt")
     shutil.copy(tmp / "client" / "fields.pt", tmp / "good" / "fields.pt")
-    real = flows.region.sam_source
+    real = SamSpec.choose
 
-    def elsewhere(*args: object) -> object:
+    def elsewhere(cls: type[SamSpec], *args: object) -> object:
         spec, settings = real(*args)  # type: ignore[arg-type]
         return dataclasses.replace(spec, name=str(tmp / "not-here" / "fields.pt")), settings
 
-    mp.setattr(flows.region, "sam_source", elsewhere)
+    mp.setattr(SamSpec, "choose", classmethod(elsewhere))
     cluster = Cluster()
     try:
         cluster.add_worker("good", env={"LISEGAGR_WEIGHTS_DIR": str(tmp / "good")})

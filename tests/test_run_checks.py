@@ -226,8 +226,8 @@ def test_an_output_holding_another_region_is_refused_unless_overwritten(
     scene: Path, tmp_path: Path
 ) -> None:
 
-    from lisegagr.cli_region import _claim_output
     from lisegagr_core.run import RegionPaths
+    from lisegagr_core.run.assemble import claim_output
 
     out = tmp_path / "out"
     (out / "tiles").mkdir(parents=True)
@@ -238,12 +238,12 @@ def test_an_output_holding_another_region_is_refused_unless_overwritten(
     assert "holds the map of other sources (/elsewhere/other.tif); pass --overwrite" in (
         _error_line(result.output)
     )
-    _claim_output(RegionPaths(str(out)), [str(scene)], overwrite=True)
+    claim_output(RegionPaths(str(out)), [str(scene)], overwrite=True)
     assert not (out / "tiles").exists() and not (out / "manifest.json").exists()
     # the same sources (a re-run, a resume) keep their cached tiles
     (out / "tiles").mkdir()
     stub_manifest(out, [str(scene)])
-    _claim_output(RegionPaths(str(out)), [str(scene)], overwrite=False)
+    claim_output(RegionPaths(str(out)), [str(scene)], overwrite=False)
     assert (out / "tiles").exists()
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.region import sam_source, with_default_classifier
 from lisegagr_core.classify.model import load_classifier
 from lisegagr_core.config import RegionConfig, load_config
 from lisegagr_core.engine import segment_image
 from lisegagr_core.imagery import resize_labels, resize_to_working_size
 from lisegagr_core.metrics import score_partition
 from lisegagr_core.models import clear_model_cache, load_sam
+from lisegagr_core.run.assemble import with_default_classifier
+from lisegagr_core.source_specs import SamSpec
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training import load_scenes, summary_path_of
 from lisegagr_core.weights import (
@@ -61,7 +62,7 @@ def test_the_default_model_is_a_committed_project_model_that_matches_its_sha256(
 
 def test_commands_and_flows_use_the_default_model_when_none_is_named() -> None:
     assert choose_model(None, DEFAULT_WEIGHTS_DIR, MANIFEST) == MANIFEST.default
-    assert sam_source(None, None, "cpu")[0].name == MANIFEST.default  # the flows' choice
+    assert SamSpec.choose(None, None, "cpu")[0].name == MANIFEST.default  # the flows' choice
     loaded = load_sam(MANIFEST.default, device="cpu")
     assert loaded.origin == "project" and loaded.settings == MANIFEST.entries[loaded.name].settings
 

@@ -1,6 +1,7 @@
 """The in-process executor: the whole run in this process (notebooks, tests, one machine).
 
-    manifest = run_region(["scene.tif"], "out/", RegionConfig(), spec)
+    manifest = run_region(["scene.tif"], "out/")                  # the default model
+    manifest = run_region(["scene.tif"], "out/", RegionConfig(), spec)  # any mask source
 
 Its output is the flow's output (the same stages, store and manifest), so `lisegagr status`,
 `resume`, `preview` and `export` work on it.
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from lisegagr_core.config import RegionConfig
+from lisegagr_core.run.assemble import RunRequest, claim_run
 from lisegagr_core.run.manifest import RunManifest
-from lisegagr_core.run.pipeline import TileCallback, plan_run, run_pipeline
-from lisegagr_core.source_specs import SourceSpec
+from lisegagr_core.run.pipeline import TileCallback, run_pipeline
+from lisegagr_core.source_specs import MaskSourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +47,38 @@ class InProcessExecutor:
 def run_region(
     sources: Sequence[str],
     out: str,
-    config: RegionConfig,
-    source: SourceSpec,
+    config: RegionConfig | str | Path | None = None,
+    source: MaskSourceSpec | None = None,
     *,
+    model: str | None = None,
+    weights_dir: str | Path | None = None,
+    device: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    classify: bool = True,
+    overwrite: bool = False,
     on_tile: TileCallback | None = None,
     storage_options: Mapping[str, Any] | None = None,
     output_options: Mapping[str, Any] | None = None,
 ) -> RunManifest:
-    """Plan and run a region in this process; returns its manifest."""
-    run = plan_run(
+    """Assemble (`assemble.claim_run`: the same checks, model choice and lock as `lisegagr
+    run`) and run a region in this process; returns its manifest.
+
+    config: a `RegionConfig` (used as given), or a configuration file or None (the model's
+    settings and the default classifier added, as `lisegagr run` does); source: a mask-source
+    spec, or None for the SAM `model` (None: the default) from `weights_dir`."""
+    request = RunRequest(
         sources,
         out,
         config,
-        source,
+        dict(overrides or {}),
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        source=source,
+        classify=classify,
+        overwrite=overwrite,
         storage_options=storage_options,
         output_options=output_options,
     )
-    return run_pipeline(run, InProcessExecutor(), on_tile)
+    with claim_run(request) as run:
+        return run_pipeline(run, InProcessExecutor(), on_tile)

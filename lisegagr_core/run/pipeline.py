@@ -40,7 +40,7 @@ from lisegagr_core.run.stages import (
 )
 from lisegagr_core.run.store import RegionPaths
 from lisegagr_core.scale import ground_sampling_m, scale_note
-from lisegagr_core.source_specs import SourceSpec, spec_record
+from lisegagr_core.source_specs import MaskSourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class RegionRun:
     rasters: RasterSet
     grid: TileGrid
     config: RegionConfig
-    source: SourceSpec
+    source: MaskSourceSpec
     paths: RegionPaths
     settings: dict[str, Any] = field(default_factory=dict)
     """What changes a tile's result besides its pixels: the input of its hash."""
@@ -71,6 +71,9 @@ class RegionRun:
     """What the user should know before the run starts (one line each)."""
     lisegagr_version: str = field(default_factory=lambda: installed_version())
     """The planning process's lisegagr: a worker with another one refuses the run's tiles."""
+    claim: str | None = None
+    """The output lock's claim this run holds from before its server started
+    (`assemble.claim_run`); None: the pipeline takes the lock itself."""
 
     @property
     def model(self) -> str:
@@ -78,7 +81,7 @@ class RegionRun:
 
     @property
     def device(self) -> str | None:
-        return getattr(self.source, "device", None)
+        return self.source.device
 
     def batches(self) -> list[list[TileSpec]]:
         """The grid's tiles in tile order, `tiles_per_task` at a time."""
@@ -100,7 +103,7 @@ def plan_run(
     sources: Sequence[str],
     out: str,
     config: RegionConfig,
-    source: SourceSpec,
+    source: MaskSourceSpec,
     *,
     storage_options: Mapping[str, Any] | None = None,
     output_options: Mapping[str, Any] | None = None,
@@ -128,9 +131,9 @@ def plan_run(
         ground_sampling_m(rasters.source_transform, rasters.crs),
         rasters.upscale,
         grid.tile_size,
-        getattr(source, "input_size", None) or grid.tile_size,
-        getattr(source, "input_gsd_m", None),
-        str(getattr(source, "name", "the model")),
+        source.input_size or grid.tile_size,
+        source.input_gsd_m,
+        source.name,
     )
     if note is not None:
         log.info("%s", note)
@@ -188,22 +191,23 @@ class Executor(Protocol):
 def run_pipeline(
     run: RegionRun, executor: Executor, on_tile: TileCallback | None = None
 ) -> RunManifest:
-    """The run: holds the output's lock, maps every tile, merges, writes the mosaic and the
-    polygons, and keeps the manifest up to date. A tile that fails is recorded (its
-    error in the manifest) and left as nodata; `resume` redoes it. Returns the manifest."""
+    """The run: holds the output's lock (or keeps the one `run.claim` holds), maps every
+    tile, merges, writes the mosaic and the polygons, and keeps the manifest up to date. A
+    tile that fails is recorded (its error in the manifest) and left as nodata; `resume`
+    redoes it. Returns the manifest."""
     started = time.perf_counter()
     clock = StageClock()
     grid, paths = run.grid, run.paths
     manifest = RunManifest(
         sources=list(run.sources),
-        mask_source=spec_record(run.source),
+        mask_source=run.source.record(),
         model=run.model,
         config=run.config.model_dump(mode="json"),
         input=run.rasters.describe(),
         grid=grid.describe(),
         tiles={spec.key: TileStatus(spec.key, "pending") for spec in grid},
     )
-    with RunLock(paths):
+    with RunLock(paths).hold(run.claim):
         manifest.write(paths)
         batches = run.batches()
         last_write = time.monotonic()

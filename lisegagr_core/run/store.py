@@ -85,6 +85,20 @@ class RegionPaths:
         with fs.open(path, "w") as stream:
             stream.write(text)
 
+    def create_text(self, url: str, text: str) -> bool:
+        """Write `text` to `url` only if nothing is there: True when this call created it.
+
+        Exclusive on local disks (O_EXCL) and on stores that implement fsspec's mode ``x``
+        (S3 through s3fs: a conditional put); elsewhere a last writer may win."""
+        fs, path = self._fs(url)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        try:
+            with fs.open(path, "xb") as stream:
+                stream.write(text.encode())
+        except FileExistsError:
+            return False
+        return True
+
     def remove(self, url: str) -> None:
         fs, path = self._fs(url)
         if fs.exists(path):

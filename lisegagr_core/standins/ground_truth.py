@@ -6,14 +6,16 @@ engine, the merge and a whole region run be checked (and timed) without a model.
 - `GroundTruthMaskSource`: the instances of a tile mostly visible in an image, with seeded,
   controllable misses and merges (as SAM might miss or fuse fields);
 - `GroundTruthSpec`: the same by value (an instance-id raster on the region's output grid),
-  a `source_specs.SourceSpec` a worker builds per tile; `ground_truth_from_record` rebuilds
-  it from a run's manifest, for `resume`.
+  a `source_specs.MaskSourceSpec` a worker builds per tile. It registers as the
+  ``ground-truth`` entry point of ``lisegagr.mask_sources`` (pyproject.toml), so `resume`
+  rebuilds it from a run's manifest without the core knowing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -122,19 +124,33 @@ class GroundTruthSpec:
     """Masks from an instance-id raster on the region's output grid (tests, benchmarks)."""
 
     truth_path: str
+    name = "ground truth"
+    device = None
+    input_size = None
+    input_gsd_m = None
 
     @property
     def model_id(self) -> str:
         return f"ground-truth:{self.truth_path}"
 
-    #: Each tile has its own truth: tiles are segmented one at a time.
-    shared_across_tiles = False
+    @property
+    def shared_across_tiles(self) -> bool:
+        return False  # each tile has its own truth: tiles are segmented one at a time
 
     def describe(self) -> str:
         return f"ground truth from {self.truth_path} (not a model)"
 
     def record(self) -> dict[str, str | None]:
         return {"kind": "ground-truth", "truth_path": self.truth_path}
+
+    @classmethod
+    def from_record(cls, record: dict[str, str | None]) -> GroundTruthSpec:
+        return cls(str(record["truth_path"]))
+
+    def unavailable_here(self) -> str | None:
+        if Path(self.truth_path).is_file():
+            return None
+        return f"it has no ground-truth raster {self.truth_path}"
 
     def build(self, tile: TileSpec, amg: AmgSettings, grid_transform: Affine) -> MaskSource:
         """The truth under the tile's read window, found by map coordinates (nearest
@@ -152,10 +168,3 @@ class GroundTruthSpec:
             )
         truth[tile.tile_slices(tile.read)] = ids
         return GroundTruthMaskSource(truth)
-
-
-def ground_truth_from_record(record: dict[str, str | None]) -> GroundTruthSpec | None:
-    """The ground-truth spec a manifest recorded, or None for a SAM run (rebuilt by name)."""
-    if record.get("kind") == "ground-truth" and record.get("truth_path"):
-        return GroundTruthSpec(str(record["truth_path"]))
-    return None
