@@ -63,7 +63,8 @@ def _check_run_layout(config_path: Path | None) -> None:
 
 def _claim_output(paths: RegionPaths, sources: Sequence[str], overwrite: bool) -> None:
     """Refuse an output that holds the map of other sources, unless `overwrite`: then clear
-    it (mosaic, polygons, manifest, cached tiles and scores), so nothing of the old map stays."""
+    it (mosaic, polygons, manifest, cached tiles and scores, and the exports written into it by
+    default), so nothing of the old map stays."""
     from lisegagr_core.errors import InputError
     from lisegagr_core.rasters import absolute_sources
     from lisegagr_core.run import read_manifest
