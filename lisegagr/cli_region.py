@@ -26,15 +26,14 @@ from lisegagr.options import (
     say,
 )
 from lisegagr_core.errors import LisegagrError
-from lisegagr_core.storage import check_writable, storage_errors
+from lisegagr_core.run.export import EXPORT_FORMATS
+from lisegagr_core.storage import check_writable
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 if TYPE_CHECKING:
     from lisegagr_core.config import RegionConfig
     from lisegagr_core.run import RunManifest
     from lisegagr_core.source_specs import MaskSourceSpec
-
-EXPORT_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 
 
 def execute_run(
@@ -488,58 +487,35 @@ def resume(
         raise typer.Exit(code=1)
 
 
+#: `export --format`'s help: each format and the files it writes (`EXPORT_FORMATS`).
+_FORMATS_HELP = ", ".join(f"{name} ({', '.join(f.files)})" for name, f in EXPORT_FORMATS.items())
+
+
 @app.command(cls=renamed_options(to="-o/--out"))
 def export(
     output: Annotated[str, RunArgument],
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="gpkg, geojson, fgb, or cog (the rasters).")
-    ] = "gpkg",
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMATS_HELP)] = "gpkg",
     destination: Annotated[
         str | None,
         typer.Option(
             *OUT,
-            help="File the fields go to (default: RUN/fields.FORMAT); cog: the folder for "
-            "labels.tif and classes.tif (default: RUN).",
+            help="File the export goes to (default: in RUN, named as above); a format of "
+            "several files: the folder they go to (default: RUN).",
         ),
     ] = None,
 ) -> None:
     """Write the run's field polygons as GeoPackage, GeoJSON or FlatGeobuf, or its labels and
     classes rasters as Cloud-Optimised GeoTIFFs (cut to the imagery's extent) for any GIS."""
-    import geopandas as gpd
+    from lisegagr_core.run.export import export_run
 
-    from lisegagr_core.run import RegionPaths
-    from lisegagr_core.run.export import export_fields
-
-    if format == "cog":
-        from lisegagr_core.run.export import export_cogs
-
-        folder = destination or output
-        try:
-            with storage_errors(output):
-                written = export_cogs(output, folder)
-        except LisegagrError as exc:
-            raise fail(str(exc)) from None
-        for url in written:
-            out.print(f"→ {url}", soft_wrap=True)
-        return
-    if format not in EXPORT_DRIVERS:
-        choices = ", ".join([*EXPORT_DRIVERS, "cog"])
-        raise fail(f"--format must be one of {choices}, not {format!r}.")
-    source = RegionPaths(output).fields
-    target = destination or f"{output.rstrip('/')}/fields.{format}"
+    if format not in EXPORT_FORMATS:
+        raise fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}.")
     try:
-        with storage_errors(source):
-            fields = gpd.read_parquet(source)
-        check_writable(target.rsplit("/", 1)[0] if "/" in target else ".")
-        with storage_errors(target):  # MultiPolygon, typed columns even when empty
-            export_fields(fields, target, format)
+        written = export_run(output, format, destination)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise fail(
-            f"{source} could not be read ({exc.__class__.__name__}); is {output} a run's output?"
-        ) from None
-    out.print(f"{len(fields)} fields → {target}")
+    for url in written:
+        out.print(f"→ {url}", soft_wrap=True)
 
 
 @app.command(cls=renamed_options(image="-o/--out"))

@@ -13,7 +13,7 @@ from rasterio.windows import Window, from_bounds
 
 from lisegagr_core.config import RegionConfig
 from lisegagr_core.errors import InputError
-from lisegagr_core.export import render_overlay
+from lisegagr_core.image_outputs import render_overlay
 from lisegagr_core.mosaic import open_mosaic, read_window
 from lisegagr_core.run.manifest import read_manifest
 from lisegagr_core.run.pipeline import open_region

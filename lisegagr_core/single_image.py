@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from lisegagr_core.config import EngineConfig
 from lisegagr_core.engine import Segmentation, segment_image
-from lisegagr_core.export import (
+from lisegagr_core.image_outputs import (
     write_instance_table,
     write_label_raster,
     write_labelme,

@@ -25,7 +25,7 @@ from lisegagr_core.evaluation import (
     read_truth,
     stage_rank,
 )
-from lisegagr_core.export import write_instance_table, write_label_raster
+from lisegagr_core.image_outputs import write_instance_table, write_label_raster
 from lisegagr_core.single_image import segment_file
 from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 

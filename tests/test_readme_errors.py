@@ -98,6 +98,10 @@ def truncated_source(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     return runner.invoke(app, ["run", str(scene), "--out", str(tmp / "o"), *TINY])
 
 
+def no_run_to_export(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
+    return runner.invoke(app, ["export", str(tmp / "o"), "--format", "cog"])
+
+
 def two_bands(tmp: Path, mp: pytest.MonkeyPatch) -> Result:
     args = ["run", str(_scene(tmp)), "--out", str(tmp / "o"), "--bands", "4,3", *TINY]
     return runner.invoke(app, args)
@@ -248,6 +252,7 @@ CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], Result]] = {
     "the config has the `segment` layout": segment_layout,
     "another run is writing the output": another_run,
     "the output holds another region's map": another_region,
+    "the folder given to `export` holds no run": no_run_to_export,
     "two images have the same name": same_names,
     "a run was killed (`kill -9`, OOM)": killed_run,
     "the output was written by an older lisegagr": older_output,

@@ -354,7 +354,7 @@ def test_the_mosaic_covers_exactly_the_imagery_and_its_cogs_open_in_gdal(tmp_pat
     scene's own pixels: a scene off that lattice gives a mosaic of its own shape and bounds
     (partial tiles at its edges), and COGs identical to it."""
     from lisegagr_core.mosaic import open_mosaic, read_window
-    from lisegagr_core.run.export import export_cogs
+    from lisegagr_core.run import export_run
     from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(320, seed=5)
@@ -368,7 +368,7 @@ def test_the_mosaic_covers_exactly_the_imagery_and_its_cogs_open_in_gdal(tmp_pat
     assert mosaic.rio.transform() == transform
     labels = mosaic["labels"].values
     assert score_partition(scene.instances[:260], labels).f1 >= 0.99  # partial tiles merged
-    written = export_cogs(str(out), str(tmp_path / "gis"))
+    written = export_run(str(out), "cog", str(tmp_path / "gis"))
     assert written == [str(tmp_path / "gis" / "labels.tif"), str(tmp_path / "gis" / "classes.tif")]
     group = open_mosaic(str(out / "mosaic.zarr"), mode="r")
     with rasterio.open(path) as src:
@@ -519,11 +519,51 @@ def test_an_empty_runs_export_keeps_the_schema_and_appends_to_a_full_one(
     pd.testing.assert_frame_equal(gpd.read_file(exports["found"]), before)
 
 
+def test_export_run_writes_every_format_from_a_notebook_and_overwrite_leaves_none(
+    tmp_path: Path,
+) -> None:
+    """`export_run` is `lisegagr export` without the CLI: each format goes where the store
+    says (`RegionPaths.exports`), or to the file or folder named. `run --overwrite` with other
+    sources clears those exports with the run: nothing of the old map is left beside the new."""
+    from lisegagr_core.run import EXPORT_FORMATS, RegionPaths, export_run
+    from lisegagr_core.run.assemble import claim_output
+    from lisegagr_core.standins.farmland import make_farmland_scene
+
+    scene = make_farmland_scene(256, seed=7)
+    path = _write_geotiff(tmp_path / "scene.tif", scene.rgb)
+    out = tmp_path / "out"
+    _run(path, scene.instances.astype(np.int64), out)
+    paths = RegionPaths(str(out))
+    fields = gpd.read_parquet(out / "fields.parquet")
+    assert len(fields) > 0
+    assert list(EXPORT_FORMATS) == ["gpkg", "geojson", "fgb", "cog"]
+    for fmt in EXPORT_FORMATS:
+        written = export_run(str(out), fmt)
+        assert written == paths.exports(fmt) and all(Path(url).is_file() for url in written)
+    assert [Path(url).name for url in paths.exports()] == [
+        "fields.gpkg",
+        "fields.geojson",
+        "fields.fgb",
+        "labels.tif",
+        "classes.tif",
+    ]
+    for fmt in ("gpkg", "geojson", "fgb"):
+        assert len(gpd.read_file(out / f"fields.{fmt}")) == len(fields)
+    named = tmp_path / "gis" / "county.fgb"
+    assert export_run(str(out), "fgb", str(named)) == [str(named)]
+    assert len(gpd.read_file(named)) == len(fields)
+
+    other = _write_geotiff(tmp_path / "other.tif", make_farmland_scene(256, seed=8).rgb)
+    claim_output(paths, [str(other)], overwrite=True)  # what `run --overwrite` does first
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert named.is_file()  # an export outside the run folder is not the run's to clear
+
+
 def test_gdal_opens_the_mosaic_with_its_crs_transform_and_the_cogs_nodata(tmp_path: Path) -> None:
     """rasterio's own GDAL (3.10 here, no Zarr v3) opens `labels` and `classes` of the mosaic
     with the run's CRS, transform and values, and the nodata of the COG export (none for
     labels, 255 for classes)."""
-    from lisegagr_core.run.export import export_cogs
+    from lisegagr_core.run import export_run
     from lisegagr_core.standins.farmland import make_farmland_scene
 
     scene = make_farmland_scene(256, seed=7)
@@ -533,7 +573,7 @@ def test_gdal_opens_the_mosaic_with_its_crs_transform_and_the_cogs_nodata(tmp_pa
     _run(path, scene.instances.astype(np.int64), tmp_path / "out")
     store = tmp_path / "out" / "mosaic.zarr"
     stored = _mosaic_labels(tmp_path / "out")
-    export_cogs(str(tmp_path / "out"), str(tmp_path / "gis"))
+    export_run(str(tmp_path / "out"), "cog", str(tmp_path / "gis"))
     for name, nodata in (("labels", None), ("classes", 255)):
         with rasterio.open(f'ZARR:"{store}":/{name}') as zarr_band:
             assert zarr_band.driver == "Zarr"

@@ -66,7 +66,9 @@ def test_a_claimed_run_keeps_its_lock_through_the_pipeline_and_frees_it_after(
 
     imagery, truth = write_scene(tmp_path, size=256)
     out = tmp_path / "out"
-    request = RunRequest([str(imagery)], str(out), RegionConfig(), source=GroundTruthSpec(str(truth)))
+    request = RunRequest(
+        [str(imagery)], str(out), RegionConfig(), source=GroundTruthSpec(str(truth))
+    )
     with claim_run(request) as run:
         assert run.claim is not None and RunLock(run.paths).held_by(run.claim)
         manifest = run_pipeline(run, InProcessExecutor())

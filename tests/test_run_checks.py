@@ -233,6 +233,9 @@ def test_an_output_holding_another_region_is_refused_unless_overwritten(
     (out / "tiles").mkdir(parents=True)
     (out / "tiles" / "r0c0.0123.npz").write_bytes(b"old")
     stub_manifest(out, ["/elsewhere/other.tif"])
+    exports = ["fields.gpkg", "fields.geojson", "fields.fgb", "labels.tif", "classes.tif"]
+    for name in [*exports, "notes.txt"]:  # what `lisegagr export` left, and a file of the user's
+        (out / name).write_bytes(b"old")
     result = runner.invoke(app, ["run", str(scene), "--out", str(out), *TINY])
     assert result.exit_code == 2, result.output
     assert "holds the map of other sources (/elsewhere/other.tif); pass --overwrite" in (
@@ -240,6 +243,7 @@ def test_an_output_holding_another_region_is_refused_unless_overwritten(
     )
     claim_output(RegionPaths(str(out)), [str(scene)], overwrite=True)
     assert not (out / "tiles").exists() and not (out / "manifest.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no stale export stays
     # the same sources (a re-run, a resume) keep their cached tiles
     (out / "tiles").mkdir()
     stub_manifest(out, [str(scene)])

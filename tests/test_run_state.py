@@ -38,6 +38,9 @@ def test_reading_a_run_loads_no_torch_dask_zarr_or_geopandas() -> None:
         "run_status"
     )
     assert _loaded_after(reading) == []
+    # the list of export formats too: `clear` reads it, a notebook's `export_run` starts light
+    exports = "from lisegagr_core.run import RegionPaths, export_run\nRegionPaths('o').outputs()"
+    assert _loaded_after(exports) == []
 
 
 def test_status_from_the_command_line_loads_none_of_the_method(tmp_path: Path) -> None:

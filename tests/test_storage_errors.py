@@ -136,6 +136,37 @@ def test_export_to_a_folder_under_a_file_is_one_sentence(tmp_path: Path) -> None
     assert f"{tmp_path / 'taken'}: a file is in the way" in _one_sentence(result.output)
 
 
+def test_export_of_an_unknown_format_or_of_no_run_is_one_sentence(tmp_path: Path) -> None:
+    """Bad input to `export_run` (a notebook) and `lisegagr export` is one sentence naming the
+    file and the problem, and a folder that is not a run's is never made."""
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.run import export_run
+
+    with pytest.raises(InputError) as unknown:
+        export_run(str(tmp_path), "shp")
+    assert str(unknown.value) == (
+        f"{tmp_path} cannot be exported as 'shp'; the formats are gpkg, geojson, fgb, cog."
+    )
+    result = runner.invoke(app, ["export", str(tmp_path), "--format", "shp"])
+    assert result.exit_code == 2, result.output
+    assert "--format must be one of gpkg, geojson, fgb, cog, not 'shp'." in _one_sentence(
+        result.output
+    )
+    nowhere = tmp_path / "nowhere"
+    for fmt, missing in (("gpkg", "fields.parquet"), ("cog", "manifest.json")):
+        with pytest.raises(InputError, match=r"no such file; is .* the output of `lisegagr run`"):
+            export_run(str(nowhere), fmt)
+        result = runner.invoke(app, ["export", str(nowhere), "--format", fmt])
+        assert result.exit_code == 2, result.output
+        assert f"{nowhere / missing}: no such file" in _one_sentence(result.output)
+    assert not nowhere.exists()
+    (tmp_path / "fields.parquet").write_text("not parquet")
+    result = runner.invoke(app, ["export", str(tmp_path), "--format", "geojson"])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'fields.parquet'} could not be read (" in _one_sentence(result.output)
+    assert not (tmp_path / "fields.geojson").exists()
+
+
 def test_an_output_without_write_permission_is_one_sentence(scene: Path) -> None:
     """As root no folder mode refuses a write; /sys (sysfs) does, for anyone."""
     out = "/sys/lisegagr-out"
@@ -166,7 +197,7 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
 
     from lisegagr_core.config import RegionConfig
     from lisegagr_core.run import run_region
-    from lisegagr_core.run.export import export_cogs
+    from lisegagr_core.run.export import export_run
     from lisegagr_core.standins.farmland import make_farmland_scene, write_georeferenced_scene
 
     from .flow_helpers import truth_spec
@@ -186,9 +217,9 @@ def test_cog_export_to_a_bucket_writes_there_and_never_creates_a_bucket(
         point_aws_at(endpoint, monkeypatch)
         fs = s3fs.S3FileSystem()
         with pytest.raises(StorageError, match=r"s3://no-such-bucket/gis: no such"):
-            export_cogs(str(tmp_path / "out"), "s3://no-such-bucket/gis")
+            export_run(str(tmp_path / "out"), "cog", "s3://no-such-bucket/gis")
         assert not fs.exists("no-such-bucket")
         fs.mkdir("gis")
-        written = export_cogs(str(tmp_path / "out"), "s3://gis/county")
+        written = export_run(str(tmp_path / "out"), "cog", "s3://gis/county")
         assert written == ["s3://gis/county/labels.tif", "s3://gis/county/classes.tif"]
         assert fs.size("gis/county/classes.tif") > 0

@@ -7,7 +7,8 @@
     pipeline.py  the run over any executor (`plan_run`, `run_pipeline`, `Executor`)
     local.py     the in-process executor (`run_region`)
     status.py    where a run stands, for `lisegagr status` (`run_status`, `RunStatus`)
-    export.py    the mosaic as Cloud-Optimised GeoTIFFs
+    export.py    every export of a run, for any GIS: fields as GeoPackage, GeoJSON, FlatGeobuf,
+                 rasters as COGs (`export_run`; `EXPORT_FORMATS`, the one list of formats)
 
 The Prefect flow (`flows/region.py`) is the other executor: the same pipeline, its stages
 as Prefect tasks on Dask workers.
@@ -22,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lisegagr_core.run.export import EXPORT_FORMATS, ExportFormat, export_run
     from lisegagr_core.run.local import InProcessExecutor, run_region
     from lisegagr_core.run.lock import RunLock
     from lisegagr_core.run.manifest import RunManifest, TileStatus, read_manifest
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 #: reading a run (store, manifest, lock, status) does not load the method's stack (torch,
 #: Dask, Zarr, GeoPandas), which only the pipeline and the executors need.
 _WHERE = {
+    "EXPORT_FORMATS": "export",
     "Executor": "pipeline",
+    "ExportFormat": "export",
     "InProcessExecutor": "local",
     "RegionPaths": "store",
     "RegionRun": "pipeline",
@@ -41,6 +45,7 @@ _WHERE = {
     "RunManifest": "manifest",
     "RunStatus": "status",
     "TileStatus": "manifest",
+    "export_run": "export",
     "plan_run": "pipeline",
     "read_manifest": "manifest",
     "run_pipeline": "pipeline",
@@ -49,7 +54,9 @@ _WHERE = {
 }
 
 __all__ = [
+    "EXPORT_FORMATS",
     "Executor",
+    "ExportFormat",
     "InProcessExecutor",
     "RegionPaths",
     "RegionRun",
@@ -57,6 +64,7 @@ __all__ = [
     "RunManifest",
     "RunStatus",
     "TileStatus",
+    "export_run",
     "plan_run",
     "read_manifest",
     "run_pipeline",

@@ -156,7 +156,8 @@ def with_default_classifier(
 def claim_output(paths: RegionPaths, sources: Sequence[str], overwrite: bool) -> None:
     """Refuse an output that holds the map of other sources (not all of them among
     `sources`: a grown region is the same map, extended), unless `overwrite`: then clear
-    it (every output of a run: `RegionPaths.clear`), so nothing of the old map stays."""
+    it (every output of a run, the exports written into it by default included:
+    `RegionPaths.clear`), so nothing of the old map stays."""
     if not paths.exists(paths.manifest):
         return
     try:

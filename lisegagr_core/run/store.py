@@ -6,13 +6,16 @@
     tiles/<key>.<hash>.npz           each tile's segmentation: the cache a re-run resumes from
     scores/<key>.<hash>.<clf>.json   P(field) of each instance of a tile, per classifier
     .lock                            the run writing here (`lock`)
+    fields.gpkg, labels.tif, …       exports, where `lisegagr export` writes them by default
+                                     (`exports`: named by `export.EXPORT_FORMATS`)
 
 Tile results and scores are addressed by content (tile hash, classifier hash): whichever
 executor wrote them, a later run that finds them does not compute them again.
 
 Reading the layout, the manifest and the lock needs none of the method: this module imports
 only fsspec at the top, and numpy and the tile types inside the functions that (de)serialise a
-tile result, so `lisegagr status` and a notebook reading a run start in a fraction of a second.
+tile result (the list of export formats, itself light, inside `exports`), so `lisegagr status`
+and a notebook reading a run start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import fsspec
 if TYPE_CHECKING:
     from lisegagr_core.tiles import TileResult
 
-#: What `clear` removes: everything a run writes.
+#: Everything a run writes; `clear` removes these and the exports beside them (`exports`).
 RUN_OUTPUTS = ("mosaic.zarr", "fields.parquet", "manifest.json", "tiles", "scores")
 
 
@@ -64,6 +67,18 @@ class RegionPaths:
 
     def scores(self, key: str, digest: str, classifier_hash: str) -> str:
         return self.join("scores", f"{key}.{digest[:16]}.{classifier_hash[:16]}.json")
+
+    def exports(self, format: str | None = None) -> list[str]:
+        """Where `export_run` writes `format` (a key of `export.EXPORT_FORMATS`) by default, or
+        every format when None: files in this folder, named by the format."""
+        from lisegagr_core.run.export import EXPORT_FORMATS
+
+        formats = EXPORT_FORMATS.values() if format is None else [EXPORT_FORMATS[format]]
+        return [self.join(name) for chosen in formats for name in chosen.files]
+
+    def outputs(self) -> list[str]:
+        """Everything a run and its exports write here: what `clear` removes."""
+        return [*(self.join(name) for name in RUN_OUTPUTS), *self.exports()]
 
     # -- reading and writing -------------------------------------------------------------
 
@@ -105,9 +120,10 @@ class RegionPaths:
             fs.rm(path, recursive=True)
 
     def clear(self) -> None:
-        """Remove every output of a run (mosaic, polygons, manifest, tiles, scores)."""
-        for name in RUN_OUTPUTS:
-            self.remove(self.join(name))
+        """Remove every output of a run (mosaic, polygons, manifest, tiles, scores) and the
+        exports written beside them (`exports`), so nothing of an old map stays."""
+        for url in self.outputs():
+            self.remove(url)
 
     def stored_tile_keys(self) -> set[str]:
         """Keys of the tiles with a stored result (what a killed run left behind); a result

@@ -1,5 +1,9 @@
 """Writing one image's result: the label raster, its instance table, polygons and an overlay.
 
+What `lisegagr segment` writes next to each image (`single_image.py`), and the colours of
+`preview`. A region run's files for a GIS (GeoPackage, GeoJSON, FlatGeobuf, COGs) are its
+exports, all in `lisegagr_core.run.export`.
+
 `labels` everywhere is an (H, W) uint32 partition of the image: 0 is background and each field
 instance has its own id (1..N). Polygons come from `rasterio.features.shapes`, so they follow
 pixel edges exactly and share edges with their neighbours.

@@ -15,7 +15,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from lisegagr_core.annotations import AnnotatedPolygon, rasterize_instances, read_labelme
 from lisegagr_core.errors import InputError
-from lisegagr_core.export import (
+from lisegagr_core.image_outputs import (
     BOUNDARY_RGB,
     instance_colours,
     label_polygons,
