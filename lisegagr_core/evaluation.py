@@ -48,13 +48,12 @@ from skimage.segmentation import find_boundaries
 from lisegagr_core.annotations import rasterize_instances
 from lisegagr_core.errors import InputError
 from lisegagr_core.ground_truth import (
-    RASTER_SUFFIXES,
     PolygonSet,
     is_polygon_file,
     place_polygons,
     read_polygon_sets,
 )
-from lisegagr_core.imagery import read_image
+from lisegagr_core.imagery import RASTER_SUFFIXES, read_image
 from lisegagr_core.metrics import SegmentationScores, match_instances, overlaps, score_partition
 from lisegagr_core.run.manifest import read_manifest
 from lisegagr_core.run.store import RegionPaths

@@ -38,12 +38,10 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from lisegagr_core.errors import InputError, TransientError
-from lisegagr_core.imagery import apply_stretch, percentile_limits
+from lisegagr_core.imagery import RASTER_SUFFIXES, apply_stretch, percentile_limits
 from lisegagr_core.storage import storage_errors
 
 log = logging.getLogger(__name__)
-
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
 
 #: Longest side of the decimated read from which stretch percentiles are computed.
 STRETCH_SAMPLE_SIDE = 1024
