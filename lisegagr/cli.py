@@ -335,7 +335,7 @@ def weights_fetch(
     ] = None,
 ) -> None:
     """Download a checkpoint, verify its sha256, and move it into the weights folder."""
-    from lisegagr_core.weights import fetch_checkpoint
+    from lisegagr_core.downloads import fetch_checkpoint
 
     try:
         manifest = Manifest.load(manifest_path or weights_dir / "manifest.json")
