@@ -112,8 +112,8 @@ class RasterSet:
             upscale_model=self.upscale_model,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """What a run records of its input."""
+    def to_dict(self) -> dict[str, Any]:
+        """What a run's manifest records of its input, JSON-ready."""
         return {
             "rasters": [r.url for r in self.rasters],
             "bands": list(self.bands),
@@ -124,6 +124,9 @@ class RasterSet:
             "upscale_model": self.upscale_model,
             "datetime": max((r.acquired for r in self.rasters if r.acquired), default=None),
         }
+
+    #: The name run/pipeline.py still calls; goes when it calls `to_dict`.
+    describe = to_dict
 
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
         """The output-grid `window` as ((h, w, 3) uint8 RGB, (h, w) bool valid pixels).
