@@ -28,7 +28,7 @@ from lisegagr_core.field_head import (
 from lisegagr_core.training.augment import augment_batch
 from lisegagr_core.training.data import TrainingImage
 from lisegagr_core.training.objective import LossTerms, decode_prompts, prompt_loss
-from lisegagr_core.training.prompts import prompt_targets, sample_prompts
+from lisegagr_core.training.prompts import PromptBatch, prompt_targets, sample_prompts
 from lisegagr_core.training.settings import TrainConfig
 
 # Independent random streams of a run, each seeded by (seed, stream, step).
@@ -63,13 +63,7 @@ def validate(
     prompts_seen, fields_seen = 0, 0
     for start in range(0, len(images), config.batch_size):
         batch = slice(start, start + config.batch_size)
-        prompts = sample_prompts(
-            labels[batch],
-            field_prompts=config.field_prompts,
-            background_prompts=config.background_prompts,
-            interior_size=config.interior_size,
-            generator=generator,
-        )
+        prompts = _prompts(labels[batch], config, generator)
         with _autocast(images.device, config):
             normalised = _normalise(sam, images[batch].float())
             embeddings = sam.image_encoder(normalised)
@@ -137,13 +131,7 @@ def train_step(
     batch_images, batch_labels = augment_batch(
         images[chosen.to(device)], labels[chosen.to(device)], config.augment, generator
     )
-    prompts = sample_prompts(
-        batch_labels,
-        field_prompts=config.field_prompts,
-        background_prompts=config.background_prompts,
-        interior_size=config.interior_size,
-        generator=generator,
-    )
+    prompts = _prompts(batch_labels, config, generator)
     for group in optimizer.param_groups:
         group["lr"] = config.lr_at(step) * group.get("lr_scale", 1.0)
     head = field_head_of(sam)
@@ -168,6 +156,17 @@ def train_step(
         total=total.detach(),
         prompt=terms.detached(),
         head=None if head_terms is None else head_terms.detached(),
+    )
+
+
+def _prompts(labels: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> PromptBatch:
+    """The recipe's point prompts (`sample_prompts`) on (B, S, S) labels."""
+    return sample_prompts(
+        labels,
+        field_prompts=config.field_prompts,
+        background_prompts=config.background_prompts,
+        interior_size=config.interior_size,
+        generator=generator,
     )
 
 
