@@ -23,11 +23,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from lisegagr.options import (
-    DOWNLOAD_COLUMNS,
     OUT,
     ConfigOption,
     DeviceOption,
@@ -36,9 +34,11 @@ from lisegagr.options import (
     RichProgress,
     WeightsDir,
     console,
+    download_bars,
     fail,
     out,
     parse_bands,
+    progress_bars,
     renamed_options,
     say,
 )
@@ -159,17 +159,6 @@ def _engine_section(config_path: Path | None) -> Iterator[Path | None]:
             raise InputError(message) from None
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}"),
-        console=console,
-    )
-
-
 #: What `segment` takes from a folder or a glob.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -242,7 +231,7 @@ def segment(
     say("model:", described)
     failures: list[str] = []
     summary: list[dict[str, Any]] = []
-    with _progress() as progress:
+    with progress_bars("current", remaining=False) as progress:
         task = progress.add_task("segmenting", total=len(images), current="")
         for image in images:
             progress.update(task, current=image.name)
@@ -335,7 +324,7 @@ def weights_fetch(
     ] = None,
 ) -> None:
     """Download a checkpoint, verify its sha256, and move it into the weights folder."""
-    from lisegagr_core.weights import fetch_checkpoint
+    from lisegagr_core.downloads import fetch_checkpoint
 
     try:
         manifest = Manifest.load(manifest_path or weights_dir / "manifest.json")
@@ -349,7 +338,7 @@ def weights_fetch(
                 f"{name} is a project model shipped in {weights_dir}; nothing to fetch."
             )
         weights_dir.mkdir(parents=True, exist_ok=True)
-        with RichProgress(DOWNLOAD_COLUMNS) as progress:
+        with RichProgress(download_bars()) as progress:
             path = fetch_checkpoint(spec, weights_dir, progress=progress)
     except LisegagrError as exc:
         raise fail(str(exc)) from None
@@ -357,5 +346,4 @@ def weights_fetch(
 
 
 # Commands defined in sibling modules register themselves on `app` when imported.
-import lisegagr.cli_classifier  # noqa: E402, F401
-from lisegagr import cli_model, cli_region  # noqa: E402, F401
+from lisegagr import cli_classifier, cli_eval, cli_model, cli_region  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""`lisegagr classifier build-dataset | train | eval` and `lisegagr eval PRED GT`."""
+"""`lisegagr classifier build-dataset | train | eval`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lisegagr.cli import _engine_setup, app
@@ -19,9 +18,9 @@ from lisegagr.options import (
     PointsOption,
     RichProgress,
     WeightsDir,
-    console,
     fail,
     out,
+    progress_bars,
     renamed_options,
     say,
 )
@@ -98,14 +97,7 @@ def build_dataset(
             source = EngineNegatives(mask_source, engine_config)
             if negatives == "sam+superpixels":
                 source = CombinedNegatives(source, SuperpixelNegatives())
-        with Progress(
-            TextColumn("[bold]images"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[current]}"),
-            console=console,
-        ) as progress:
+        with progress_bars("current", remaining=False) as progress:
             task = progress.add_task("images", total=None, current="")
 
             def on_image(name: str, written: dict[str, int], total: int) -> None:
@@ -273,68 +265,3 @@ def evaluate_command(
     for true_class, row in scores["confusion"].items():
         confusion.add_row(true_class, str(row["field"]), str(row["nonfield"]))
     out.print(confusion)
-
-
-@app.command("eval", cls=renamed_options(output="-o/--out"))
-def eval_command(
-    prediction: Annotated[
-        Path, typer.Argument(help="A label raster, or a `segment` or `run` output folder.")
-    ],
-    truth: Annotated[
-        Path,
-        typer.Argument(help="Label raster, or polygons (VIA, LabelMe, GeoJSON, GeoParquet, GPKG)."),
-    ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            *OUT, help="Folder eval.json and the pictures go to (default: PREDICTION's eval/)."
-        ),
-    ] = None,
-    iou_thresh: Annotated[float, typer.Option(help="IoU of a matched field.")] = 0.5,
-) -> None:
-    """Score a segmentation against ground truth: pixel IoU, object P/R/F1, merges, splits."""
-    from lisegagr_core.evaluation import evaluate
-
-    target = output or (prediction if prediction.is_dir() else prediction.parent) / "eval"
-    try:
-        report = evaluate(prediction, truth, target, iou_thresh=iou_thresh)
-    except LisegagrError as exc:
-        raise fail(str(exc)) from None
-    table = Table(
-        "image / stage",
-        "pixel IoU",
-        "P",
-        "R",
-        "F1",
-        "mIoU",
-        "true",
-        "pred",
-        "merged",
-        "split",
-        caption="P, R, F1: objects matched one-to-one at IoU ≥ "
-        f"{iou_thresh:g}; mIoU: mean IoU of matched objects",
-    )
-    rows = [(image.name, image.overall.scores) for image in report.images]
-    if len(report.images) > 1:
-        rows.append(("all images", report.pooled))
-    rows.extend((label, scores) for label, scores in report.pooled_stages.items())
-    for name, scores in rows:
-        ratios = (
-            scores.pixel_iou,
-            scores.precision,
-            scores.recall,
-            scores.f1,
-            scores.matched_mean_iou,
-        )
-        counts = (
-            scores.true_fields,
-            scores.predicted_instances,
-            scores.merged_fields,
-            scores.split_fields,
-        )
-        table.add_row(name, *(f"{v:.3f}" for v in ratios), *(str(c) for c in counts))
-    out.print(table)
-    out.print(
-        f"{target / 'eval.json'}; pictures: red missed, blue false, yellow merged, green matched",
-        soft_wrap=True,
-    )

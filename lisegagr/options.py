@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import typer
 import typer.core
@@ -142,34 +142,48 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return chosen
 
 
-#: Columns of a bar counting steps, images or batches, with the task's status at the end.
-COUNT_COLUMNS: tuple[ProgressColumn, ...] = (
-    TextColumn("[bold]{task.description}"),
-    BarColumn(),
-    MofNCompleteColumn(),
-    TimeElapsedColumn(),
-    TimeRemainingColumn(),
-    TextColumn("{task.fields[status]}"),
-)
-#: Columns of a download bar.
-DOWNLOAD_COLUMNS: tuple[ProgressColumn, ...] = (
-    TextColumn("{task.description}"),
-    BarColumn(),
-    DownloadColumn(),
-    TransferSpeedColumn(),
-    TimeRemainingColumn(),
-)
+def progress_bars(
+    detail: str = "status", *, elapsed: bool = True, remaining: bool = True, **options: Any
+) -> Progress:
+    """rich bars on stderr counting steps, images or tiles, one line per task: its description
+    (bold), its bar and done / total, the time elapsed and the time left, then its `detail`
+    field (given to ``add_task`` and ``update``, e.g. ``current="a.tif"``). `options` go to
+    rich's `Progress` (e.g. ``redirect_stderr=False``)."""
+    columns: list[ProgressColumn] = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+    ]
+    if elapsed:
+        columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    columns.append(TextColumn(f"{{task.fields[{detail}]}}"))
+    return Progress(*columns, console=console, **options)
+
+
+def download_bars() -> Progress:
+    """rich bars on stderr for downloads: the file, its bar, bytes, speed and time left."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 class RichProgress:
-    """A `lisegagr_core.progress.ProgressCallback` drawn as rich bars on stderr, one per task.
+    """A `lisegagr_core.progress.ProgressCallback` drawn as rich bars on stderr, one per task
+    (`bars`: `progress_bars()` unless given; the task's status is its detail).
 
     with RichProgress() as progress:
         train_sam(dataset, output, config, progress=progress)
     """
 
-    def __init__(self, columns: tuple[ProgressColumn, ...] = COUNT_COLUMNS) -> None:
-        self._bars = Progress(*columns, console=console)
+    def __init__(self, bars: Progress | None = None) -> None:
+        self._bars = bars if bars is not None else progress_bars()
         self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> RichProgress:

@@ -11,3 +11,10 @@ class InputError(LisegagrError):
 
 class TransientError(LisegagrError):
     """A failure that may pass when tried again (a storage service or network hiccup)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without its full stop (its class name when it
+    has no message): the cause, short enough for a one-sentence error."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else exc.__class__.__name__

@@ -236,8 +236,8 @@ class TileGrid:
             (self.anchor[0] + row, self.anchor[1] + col),
         )
 
-    def describe(self) -> dict[str, Any]:
-        """What a run's manifest records of its grid (`from_description` reads it back)."""
+    def to_dict(self) -> dict[str, Any]:
+        """What a run's manifest records of its grid, JSON-ready (`from_dict` reads it back)."""
         return {
             "shape": [self.height, self.width],
             "transform": list(self.transform)[:6],
@@ -249,8 +249,12 @@ class TileGrid:
             "cols": self.cols,
         }
 
+    #: The name run/pipeline.py still calls; goes when it calls `to_dict`.
+    describe = to_dict
+
     @classmethod
-    def from_description(cls, described: dict[str, Any]) -> TileGrid:
+    def from_dict(cls, described: dict[str, Any]) -> TileGrid:
+        """The grid a manifest records (`to_dict`)."""
         height, width = described["shape"]
         crs = CRS.from_wkt(described["crs"]) if described.get("crs") else None
         return cls(

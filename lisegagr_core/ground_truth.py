@@ -36,11 +36,10 @@ from lisegagr_core.annotations import (
     read_via,
 )
 from lisegagr_core.errors import InputError
+from lisegagr_core.imagery import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-#: Suffixes of raster files (images, label rasters).
-RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
 #: Suffixes of polygon files in map coordinates, read with geopandas.
 MAP_SUFFIXES = (".geojson", ".parquet", ".geoparquet", ".gpkg", ".fgb", ".shp")
 #: Label columns of map features, in order of preference.

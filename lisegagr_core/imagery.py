@@ -28,6 +28,10 @@ from lisegagr_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: Suffixes of the raster files the project reads (images, label rasters, region sources):
+#: every one goes through rasterio. Lookups by name try them in this order.
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
+
 #: Percentiles (of valid pixels, per band) that map to 0 and 255 when stretching to 8 bits.
 STRETCH_LOW = 2.0
 STRETCH_HIGH = 98.0

@@ -4,77 +4,43 @@
     rgb, valid = rasters.read(Window(0, 0, 1024, 1024))
 
 Sources are local paths, ``s3://`` (s3fs; endpoint, region and credentials from the usual
-AWS settings) or any fsspec URL: a raster, a glob, or a folder, or a list of them. Several
-rasters form one mosaic; they must share a CRS and a pixel grid. Nothing reads a whole
-raster: windows are read as asked (a COG is read by its internal tiles), and the 8-bit
-stretch of 16-bit or float imagery is computed once per raster, from a decimated read, so
-tiles agree at their borders.
+AWS settings) or any fsspec URL: a raster, a glob, or a folder, or a list of them, or STAC
+sources. Several rasters form one mosaic; they must share a CRS and a pixel grid. Nothing
+reads a whole raster: windows are read as asked (a COG is read by its internal tiles), and
+the 8-bit stretch of 16-bit or float imagery is computed once per raster, from a decimated
+read (`raster_files`: finding and inspecting the files), so tiles agree at their borders.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import glob
 import logging
 import math
 import os
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
-import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio import windows
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from lisegagr_core.errors import InputError, TransientError
-from lisegagr_core.imagery import apply_stretch, percentile_limits
-from lisegagr_core.storage import storage_errors
+from lisegagr_core.errors import InputError, TransientError, first_line
+from lisegagr_core.imagery import apply_stretch
+from lisegagr_core.raster_files import (
+    SourceRaster,
+    expand_sources,
+    inspect_raster,
+    inspect_stac,
+    open_raster,
+)
 
 log = logging.getLogger(__name__)
-
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg")
-
-#: Longest side of the decimated read from which stretch percentiles are computed.
-STRETCH_SAMPLE_SIDE = 1024
-
-
-@dataclass(frozen=True, eq=False)
-class SourceRaster:
-    """One input raster: where it is, its grid, and the stretch that makes it 8-bit RGB.
-
-    `offset` is (row, col) of its first pixel in the mosaic's source grid; `limits` the (B, 2)
-    stretch per chosen band, None for 8-bit imagery.
-    """
-
-    url: str
-    width: int
-    height: int
-    count: int
-    dtype: str
-    crs: CRS | None
-    transform: Affine
-    offset: tuple[int, int]
-    limits: NDArray[np.float64] | None
-    opener: Any = field(repr=False, default=None)
-    acquired: str | None = None
-    """When the imagery was taken (ISO 8601, UTC), if its metadata says."""
-    band_urls: tuple[str, ...] = ()
-    """A band stack (STAC assets of one item): the file of each band, single-band each;
-    `url` is the first. Empty for a raster of one file."""
-
-    def open(self) -> Any:
-        return _open(self.url, self.opener)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,8 +112,8 @@ class RasterSet:
             upscale_model=self.upscale_model,
         )
 
-    def describe(self) -> dict[str, Any]:
-        """What a run records of its input."""
+    def to_dict(self) -> dict[str, Any]:
+        """What a run's manifest records of its input, JSON-ready."""
         return {
             "rasters": [r.url for r in self.rasters],
             "bands": list(self.bands),
@@ -158,6 +124,9 @@ class RasterSet:
             "upscale_model": self.upscale_model,
             "datetime": max((r.acquired for r in self.rasters if r.acquired), default=None),
         }
+
+    #: The name run/pipeline.py still calls; goes when it calls `to_dict`.
+    describe = to_dict
 
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
         """The output-grid `window` as ((h, w, 3) uint8 RGB, (h, w) bool valid pixels).
@@ -227,7 +196,7 @@ def _read_window(
             for band in bands:
                 with (
                     _opener_lock(raster.opener),
-                    _open(raster.band_urls[band - 1], raster.opener) as dataset,
+                    open_raster(raster.band_urls[band - 1], raster.opener) as dataset,
                 ):
                     planes.append(dataset.read(1, window=window))
                     masks.append(dataset.read_masks(1, window=window))
@@ -238,7 +207,7 @@ def _read_window(
                 data = dataset.read(list(bands), window=window)
                 valid = np.all(dataset.read_masks(list(bands), window=window) > 0, axis=0)
     except (RasterioError, OSError) as exc:
-        message = f"{raster.url} could not be read at {window} ({_short(exc)})."
+        message = f"{raster.url} could not be read at {window} ({first_line(exc)})."
         if raster.opener is not None:  # read through a storage service: may pass on a retry
             raise TransientError(message) from None
         raise InputError(message) from None
@@ -252,10 +221,6 @@ def _read_window(
     return np.moveaxis(data, 0, -1), valid
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0].rstrip(".") if str(exc) else exc.__class__.__name__
-
-
 #: rasterio registers one Python opener per (path, mode) at a time: reads through fsspec are
 #: serialised within a process (threads of a Dask worker); local files need no lock.
 _FSSPEC_READS = threading.Lock()
@@ -263,12 +228,6 @@ _FSSPEC_READS = threading.Lock()
 
 def _opener_lock(opener: Any) -> contextlib.AbstractContextManager[Any]:
     return _FSSPEC_READS if opener is not None else contextlib.nullcontext()
-
-
-def _open(url: str, opener: Any) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(url, opener=opener) if opener is not None else rasterio.open(url)
 
 
 def absolute_sources(sources: Sequence[str]) -> list[str]:
@@ -280,243 +239,6 @@ def absolute_sources(sources: Sequence[str]) -> list[str]:
         else s
         for s in sources
     ]
-
-
-def expand_sources(
-    sources: Sequence[str], storage_options: Mapping[str, Any] | None = None
-) -> list[tuple[str, Any]]:
-    """Each source as (path to open, fsspec filesystem or None for local files).
-
-    A glob expands to its matches, a folder to the rasters in it (by suffix), sorted.
-    """
-    expanded: list[tuple[str, Any]] = []
-    for source in sources:
-        if "://" not in source or source.startswith("file://"):
-            local = source.removeprefix("file://")
-            if any(ch in local for ch in "*?["):
-                matches = sorted(glob.glob(local))
-                if not matches:
-                    raise InputError(f"{source}: no raster matches this pattern.")
-                expanded += [(os.path.abspath(m), None) for m in matches]
-            elif Path(local).is_dir():
-                found = sorted(
-                    str(p.absolute())
-                    for p in Path(local).iterdir()
-                    if p.suffix.lower() in RASTER_SUFFIXES
-                )
-                if not found:
-                    raise InputError(
-                        f"{source}: the folder holds no raster ({', '.join(RASTER_SUFFIXES)})."
-                    )
-                expanded += [(f, None) for f in found]
-            else:
-                expanded.append((os.path.abspath(local), None))
-            continue
-        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
-        with storage_errors(source):
-            expanded += [(p, fs) for p in _remote_paths(source, fs, path)]
-    return expanded
-
-
-def _remote_paths(source: str, fs: Any, path: str) -> list[str]:
-    if any(ch in path for ch in "*?["):
-        paths = sorted(fs.glob(path))
-        if not paths:
-            raise InputError(f"{source}: no raster matches this pattern.")
-        return list(paths)
-    if fs.isdir(path):
-        paths = sorted(p for p in fs.ls(path, detail=False) if p.lower().endswith(RASTER_SUFFIXES))
-        if not paths:
-            raise InputError(f"{source}: the folder holds no raster.")
-        return paths
-    return [path]
-
-
-def _display(path: str, fs: Any) -> str:
-    if fs is None:
-        return path
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    return f"{protocol}://{path}"
-
-
-def _inspect(
-    path: str, fs: Any, bands: Sequence[int] | None
-) -> tuple[SourceRaster, tuple[int, ...]]:
-    name = _display(path, fs)
-    with storage_errors(name):
-        return _inspect_dataset(name, path, fs, bands)
-
-
-def _inspect_stac(
-    source: str, bands: Sequence[int] | None, storage_options: Mapping[str, Any] | None
-) -> list[tuple[SourceRaster, tuple[int, ...]]]:
-    """The rasters of a STAC source (`stac`): one per item, its assets a band stack when
-    there are several; the item's datetime dates it. An item whose imagery has no CRS is
-    refused."""
-    from lisegagr_core.stac import stac_rasters
-
-    inspected = []
-    for item in stac_rasters(source, storage_options):
-        files = [
-            (href, None) if "://" not in href else expand_sources([href], storage_options)[0]
-            for href in item.hrefs
-        ]
-        if len(files) == 1:
-            raster, chosen = _inspect(files[0][0], files[0][1], bands)
-        else:
-            raster, chosen = _inspect_stack(files, bands)
-        if raster.crs is None:
-            raise InputError(
-                f"{source}: item {item.item} has no CRS ({raster.url} is not georeferenced)."
-            )
-        acquired = _stac_datetime(item.datetime) or raster.acquired
-        inspected.append((SourceRaster(**{**raster.__dict__, "acquired": acquired}), chosen))
-    return inspected
-
-
-def _stac_datetime(text: str | None) -> str | None:
-    from lisegagr_core.fiboa import acquisition_datetime
-
-    when = acquisition_datetime({"datetime": text}) if text else None
-    return when.astimezone(datetime.UTC).isoformat() if when else None
-
-
-def _inspect_stack(
-    files: Sequence[tuple[str, Any]], bands: Sequence[int] | None
-) -> tuple[SourceRaster, tuple[int, ...]]:
-    """One raster of several single-band files of one grid (band i from file i)."""
-    parts = [_inspect(path, fs, (1,))[0] for path, fs in files]
-    first = parts[0]
-    chosen = tuple(bands) if bands else tuple(range(1, len(parts) + 1))
-    for band in chosen:
-        if not 1 <= band <= len(parts):
-            raise InputError(
-                f"{first.url}: band {band} is out of range; the item's assets give "
-                f"{len(parts)} band(s)."
-            )
-    if len(chosen) not in (1, 3):
-        raise InputError(f"{first.url}: choose one or three bands, not {len(chosen)}.")
-    for part in parts[1:]:
-        if (part.width, part.height, part.crs, part.transform) != (
-            first.width,
-            first.height,
-            first.crs,
-            first.transform,
-        ):
-            raise InputError(f"{part.url} is not on the grid of {first.url}, its item's band.")
-    limits = None
-    if any(p.limits is not None for p in parts):  # each file's stretch, in band order
-        stacked = np.concatenate(
-            [p.limits if p.limits is not None else np.array([[0.0, 255.0]]) for p in parts]
-        )
-        limits = stacked[np.asarray(chosen) - 1]
-    return (
-        SourceRaster(
-            **{
-                **first.__dict__,
-                "count": len(parts),
-                "limits": limits,
-                "band_urls": tuple(p.url for p in parts),
-            }
-        ),
-        chosen,
-    )
-
-
-def _inspect_dataset(
-    name: str, path: str, fs: Any, bands: Sequence[int] | None
-) -> tuple[SourceRaster, tuple[int, ...]]:
-    try:
-        if fs is not None and not fs.exists(path):
-            raise InputError(f"{name}: no such object.")
-        if fs is None and not Path(path).exists():
-            raise InputError(f"{name}: no such file.")
-        with _open(path, fs) as dataset:
-            count = dataset.count
-            chosen = tuple(bands) if bands else ((1, 2, 3) if count >= 3 else (1,))
-            for band in chosen:
-                if not 1 <= band <= count:
-                    raise InputError(
-                        f"{name}: band {band} is out of range; the raster has {count} band(s)."
-                    )
-            if len(chosen) not in (1, 3):
-                raise InputError(f"{name}: choose one or three bands, not {len(chosen)}.")
-            _check_complete(dataset, name, fs.size(path) if fs is not None else None)
-            dtype = dataset.dtypes[chosen[0] - 1]
-            limits = None
-            if dtype != "uint8":
-                limits = _stretch_limits(dataset, chosen)
-            raster = SourceRaster(
-                url=name,
-                width=dataset.width,
-                height=dataset.height,
-                count=count,
-                dtype=dtype,
-                crs=dataset.crs,
-                transform=dataset.transform,
-                offset=(0, 0),
-                limits=limits,
-                opener=fs,
-                acquired=_acquired(dataset),
-            )
-    except PermissionError:
-        raise InputError(
-            f"{name}: access denied (check the credentials and the bucket policy)."
-        ) from None
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such object.") from None
-    except RasterioError as exc:
-        raise InputError(f"{name} is not a readable raster ({_short(exc)}).") from None
-    return raster, chosen
-
-
-def _acquired(dataset: Any) -> str | None:
-    """The acquisition time of a raster (ISO 8601, UTC), from its metadata, or None."""
-    from lisegagr_core.fiboa import acquisition_datetime
-
-    tags = {**dataset.tags(), **dataset.tags(ns="IMAGERY")}
-    acquired = acquisition_datetime(tags)
-    return acquired.astimezone(datetime.UTC).isoformat() if acquired else None
-
-
-def _check_complete(dataset: Any, name: str, file_size: int | None) -> None:
-    """Refuse a GeoTIFF whose blocks run past the end of the file (a cut-off copy or download).
-
-    Reads only the block index (offsets and sizes), never pixels.
-    """
-    if dataset.driver != "GTiff":
-        return
-    if file_size is None:
-        file_size = Path(dataset.name).stat().st_size
-    block_rows, block_cols = dataset.block_shapes[0]
-    rows, cols = -(-dataset.height // block_rows), -(-dataset.width // block_cols)
-    bands = range(1, dataset.count + 1) if dataset.interleaving.name == "band" else (1,)
-    for band in bands:
-        for row in range(rows):
-            for col in range(cols):
-                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
-                size = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
-                if offset and size and int(offset) + int(size) > file_size:
-                    raise InputError(
-                        f"{name} is truncated: its block at row {row}, column {col} ends at byte "
-                        f"{int(offset) + int(size)} of a {file_size}-byte file; copy it again."
-                    )
-
-
-def _stretch_limits(dataset: Any, bands: tuple[int, ...]) -> NDArray[np.float64]:
-    """(B, 2) 2–98 % limits of a decimated read of the whole raster (valid pixels only)."""
-    scale = max(dataset.width, dataset.height) / STRETCH_SAMPLE_SIDE
-    shape = (
-        max(1, round(dataset.height / max(scale, 1))),
-        max(1, round(dataset.width / max(scale, 1))),
-    )
-    sample = dataset.read(
-        list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest
-    )
-    masks = dataset.read_masks(
-        list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest
-    )
-    return percentile_limits(sample, np.all(masks > 0, axis=0))
 
 
 def open_rasters(
@@ -544,10 +266,11 @@ def open_rasters(
     inspected = []
     for source in sources:
         if is_stac(source):
-            inspected += _inspect_stac(source, bands, storage_options)
+            inspected += inspect_stac(source, bands, storage_options)
         else:
             inspected += [
-                _inspect(path, fs, bands) for path, fs in expand_sources([source], storage_options)
+                inspect_raster(path, fs, bands)
+                for path, fs in expand_sources([source], storage_options)
             ]
     rasters = [r for r, _ in inspected]
     chosen = inspected[0][1]

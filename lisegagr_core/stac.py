@@ -32,7 +32,7 @@ from typing import Any
 
 import fsspec
 
-from lisegagr_core.errors import InputError
+from lisegagr_core.errors import InputError, first_line
 from lisegagr_core.storage import storage_errors
 
 #: The asset read when none is named (STAC's common name for a true-colour image).
@@ -108,7 +108,7 @@ def _search(source: str) -> Iterator[tuple[dict[str, Any], str]]:
         ) from None
     except Exception as exc:  # pystac's own errors for a landing page that is not STAC
         raise InputError(
-            f"{api} is not a STAC API ({exc.__class__.__name__}: {_first_line(exc)})."
+            f"{api} is not a STAC API ({exc.__class__.__name__}: {first_line(exc)})."
         ) from None
     if not client.conforms_to("ITEM_SEARCH"):
         raise InputError(f"{api} is a STAC catalog without item search, not a STAC API.")
@@ -126,7 +126,7 @@ def _search(source: str) -> Iterator[tuple[dict[str, Any], str]]:
     except APIError as exc:
         raise InputError(f"{api} refused the search ({_why(exc)}).") from None
     except Exception as exc:  # pystac-client's bare Exception for a --datetime it cannot read
-        raise InputError(f"{api}: the search cannot be made ({_first_line(exc)}).") from None
+        raise InputError(f"{api}: the search cannot be made ({first_line(exc)}).") from None
     asked = ", ".join(f"{k} {v}" for k, v in params.items()) or "no criteria"
     if not items:
         raise InputError(f"{api}: the search ({asked}) found no item.")
@@ -163,12 +163,7 @@ def _why(exc: BaseException) -> str:
         return found.group(1).strip().rstrip(".")
     if "timed out" in text.lower():
         return "timed out"
-    return _first_line(exc)[:200]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else exc.__class__.__name__
+    return first_line(exc)[:200]
 
 
 def with_assets(source: str, assets: str | None) -> str:

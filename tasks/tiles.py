@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from lisegagr_core.grid import TileSpec
 from lisegagr_core.run.manifest import TileStatus
 from lisegagr_core.run.pipeline import RegionRun
 from lisegagr_core.run.stages import segment_batch
-from tasks.retries import retry_if_transient
-from tasks.worker_check import check_this_worker
+from tasks.retries import retried_task
+from tasks.worker_check import check_this_worker, this_worker
 
 #: Resource annotation of tasks that need an accelerator (workers: `--resources GPU=1`).
 GPU = {"GPU": 1}
@@ -33,17 +30,15 @@ def _batch_name() -> str:
 
 
 def segment_on_worker(run: RegionRun, specs: Sequence[TileSpec]) -> list[TileStatus]:
-    """`segment_batch`, on a worker that can do it (else WorkerUnfit, before any read)."""
+    """`segment_batch`, on a worker that can do it (else WorkerUnfit, before any read); each
+    status names the Dask worker (its address) that computed it."""
     check_this_worker(run)
-    return segment_batch(run, specs)
+    statuses = segment_batch(run, specs)
+    worker = this_worker()
+    if worker is not None:
+        for status in statuses:
+            status.worker = worker[0]
+    return statuses
 
 
-segment_batch_task = task(
-    name="segment-tiles",
-    task_run_name=_batch_name,
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
-)(segment_on_worker)
+segment_batch_task = retried_task(segment_on_worker, "segment-tiles", task_run_name=_batch_name)

@@ -112,7 +112,7 @@ def stub_manifest(
         model="tiny",
         config={},
         input={},
-        grid=TileGrid(256, 256, core=256, halo=0).describe(),
+        grid=TileGrid(256, 256, core=256, halo=0).to_dict(),
         tiles={key: TileStatus(key, status) for key, status in (tiles or {}).items()},
         state=state,
     ).write(RegionPaths(str(out)))

@@ -21,11 +21,10 @@ from lisegagr_core.evaluation import (
     MISSED,
     error_categories,
     evaluate,
-    read_predictions,
-    read_truth,
     stage_rank,
 )
 from lisegagr_core.image_outputs import write_instance_table, write_label_raster
+from lisegagr_core.predictions import read_predictions, read_truth
 from lisegagr_core.single_image import segment_file
 from lisegagr_core.standins.ground_truth import GroundTruthMaskSource
 

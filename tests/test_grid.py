@@ -86,7 +86,7 @@ def test_an_anchored_grid_covers_exactly_its_region_with_tiles_on_the_map_lattic
     box = grid.crop(Window(300, 200, 100, 100))
     assert {t.key for t in box} <= {t.key for t in grid}
     assert box.transform == transform @ Affine.translation(300, 200)
-    assert TileGrid.from_description(grid.describe()) == grid
+    assert TileGrid.from_dict(grid.to_dict()) == grid
 
 
 def test_a_grid_without_crs_starts_its_tiles_at_its_first_pixel() -> None:

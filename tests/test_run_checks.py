@@ -163,8 +163,8 @@ def test_relative_sources_are_recorded_as_absolute_paths(
 
     monkeypatch.chdir(scene.parent)
     rasters = open_rasters(["scene.tif"])
-    assert rasters.describe()["rasters"] == [str(scene)]
-    assert open_rasters(["."]).describe()["rasters"] == [str(scene)]
+    assert rasters.to_dict()["rasters"] == [str(scene)]
+    assert open_rasters(["."]).to_dict()["rasters"] == [str(scene)]
     assert absolute_sources(["scene.tif", "*.tif", "s3://imagery/a.tif"]) == [
         str(scene),
         str(scene.parent / "*.tif"),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lisegagr_core.architectures import TINY
+from lisegagr_core.downloads import fetch_checkpoint
 from lisegagr_core.progress import ProgressUpdate
 from lisegagr_core.weights import (
     DEFAULT_MANIFEST_PATH,
@@ -19,7 +20,6 @@ from lisegagr_core.weights import (
     Manifest,
     WeightsError,
     choose_model,
-    fetch_checkpoint,
     list_checkpoints,
     sha256_file,
     verify_checkpoint,

@@ -63,7 +63,7 @@ class RunManifest:
     def tile_grid(self) -> TileGrid:
         from lisegagr_core.grid import TileGrid  # rasterio: not needed to read a manifest
 
-        return TileGrid.from_description(self.grid)
+        return TileGrid.from_dict(self.grid)
 
     def count(self) -> dict[str, int]:
         """Tiles by status (computed, cached, empty, failed)."""

@@ -168,13 +168,9 @@ def _classify_tile(run: RegionRun, pixels: TilePixels, digest: str) -> None:
 
 
 def worker_name() -> str:
-    """The Dask worker running this stage (its address), or this process."""
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"pid:{os.getpid()}"
+    """This process, as a tile status names who computed it (``pid:N``); on a Dask worker the
+    task (`tasks.tiles`) names the worker instead."""
+    return f"pid:{os.getpid()}"
 
 
 def describe_error(exc: BaseException) -> str:

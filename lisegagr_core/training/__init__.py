@@ -32,6 +32,13 @@ from lisegagr_core.training.evaluation import (
     write_evaluation,
 )
 from lisegagr_core.training.registry import register_classifier, register_model
+from lisegagr_core.training.results import (
+    TrainingHistory,
+    TrainingResult,
+    card_path_of,
+    save_fp16_state_dict,
+    summary_path_of,
+)
 from lisegagr_core.training.settings import (
     FIELDS_256_CPU,
     FIELDS_512,
@@ -40,18 +47,8 @@ from lisegagr_core.training.settings import (
     TrainConfig,
     load_train_config,
 )
-from lisegagr_core.training.trainer import (
-    TrainingHistory,
-    TrainingResult,
-    card_path_of,
-    initial_model,
-    save_fp16_state_dict,
-    stack_training_images,
-    summary_path_of,
-    train_sam,
-    train_step,
-    validate,
-)
+from lisegagr_core.training.step import stack_training_images, train_step, validate
+from lisegagr_core.training.trainer import initial_model, train_sam
 from lisegagr_core.training.warm_start import warm_start, with_source_architecture
 
 __all__ = [

@@ -39,14 +39,18 @@ from lisegagr_core.annotations import (
     read_via,
 )
 from lisegagr_core.errors import InputError
-from lisegagr_core.imagery import read_image, resize_labels, resize_to_working_size
+from lisegagr_core.imagery import (
+    RASTER_SUFFIXES,
+    read_image,
+    resize_labels,
+    resize_to_working_size,
+)
 
 log = logging.getLogger(__name__)
 
 #: Label value of pixels added to make an image square; they are neither field nor ground.
 PADDING_LABEL = -1
 
-_RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
 _WGS84 = CRS.from_epsg(4326)
 
 
@@ -124,7 +128,7 @@ def find_annotated_images(data: Path) -> list[AnnotatedSource]:
         raise InputError(f"{data}: no such file or folder.")
     if data.is_dir():
         candidates = sorted(p for p in data.iterdir() if p.suffix.lower() in (".json", ".geojson"))
-    elif data.suffix.lower() in _RASTER_SUFFIXES:
+    elif data.suffix.lower() in RASTER_SUFFIXES:
         candidates = [p for p in _sidecars(data) if p.is_file()]
     else:
         candidates = [data]
@@ -268,12 +272,12 @@ def _labelme_sources(path: Path) -> list[AnnotatedSource]:
 
 
 def _geojson_sources(path: Path) -> list[AnnotatedSource]:
-    rasters = [path.with_suffix(suffix) for suffix in _RASTER_SUFFIXES]
+    rasters = [path.with_suffix(suffix) for suffix in RASTER_SUFFIXES]
     image_path = next((raster for raster in rasters if raster.is_file()), None)
     if image_path is None:
         raise InputError(
             f"{path} has no raster of the same name beside it "
-            f"({', '.join('*' + suffix for suffix in _RASTER_SUFFIXES)})."
+            f"({', '.join('*' + suffix for suffix in RASTER_SUFFIXES)})."
         )
     return [
         AnnotatedSource(

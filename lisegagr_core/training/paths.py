@@ -147,7 +147,7 @@ def _score_run(
     classifier: str | None,
     weights_dir: Path,
 ) -> list[PathResult]:
-    from lisegagr_core.evaluation import read_predictions
+    from lisegagr_core.predictions import read_predictions
     from lisegagr_core.run import run_region
     from lisegagr_core.run.store import RegionPaths
 
