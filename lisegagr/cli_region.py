@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lisegagr.cli import app
 from lisegagr.options import (
@@ -18,10 +17,10 @@ from lisegagr.options import (
     PointsOption,
     RegionConfigOption,
     WeightsDir,
-    console,
     fail,
     out,
     parse_bands,
+    progress_bars,
     renamed_options,
     say,
 )
@@ -110,13 +109,9 @@ def execute_run(
         counts = {"computed": 0, "cached": 0, "empty": 0, "failed": 0}
         with (
             prefect_server(os.environ.get("PREFECT_API_URL"), home=_prefect_home()) as api,
-            Progress(
-                TextColumn("[bold]tiles"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"),
-                TimeRemainingColumn(),
-                console=console,
+            progress_bars(
+                "counts",
+                elapsed=False,
                 # Prefect ships its context (log handlers and their streams) to the workers;
                 # a redirected stream (it holds a lock) cannot travel.
                 redirect_stdout=False,

@@ -249,9 +249,6 @@ class TileGrid:
             "cols": self.cols,
         }
 
-    #: The name run/pipeline.py still calls; goes when it calls `to_dict`.
-    describe = to_dict
-
     @classmethod
     def from_dict(cls, described: dict[str, Any]) -> TileGrid:
         """The grid a manifest records (`to_dict`)."""

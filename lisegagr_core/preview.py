@@ -16,7 +16,7 @@ from lisegagr_core.errors import InputError
 from lisegagr_core.image_outputs import render_overlay
 from lisegagr_core.mosaic import open_mosaic, read_window
 from lisegagr_core.run.manifest import read_manifest
-from lisegagr_core.run.pipeline import open_region
+from lisegagr_core.run.plan import open_region
 from lisegagr_core.run.store import RegionPaths
 
 

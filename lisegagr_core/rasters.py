@@ -125,9 +125,6 @@ class RasterSet:
             "datetime": max((r.acquired for r in self.rasters if r.acquired), default=None),
         }
 
-    #: The name run/pipeline.py still calls; goes when it calls `to_dict`.
-    describe = to_dict
-
     def read(self, window: Window) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
         """The output-grid `window` as ((h, w, 3) uint8 RGB, (h, w) bool valid pixels).
 

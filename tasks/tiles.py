@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from lisegagr_core.grid import TileSpec
 from lisegagr_core.run.manifest import TileStatus
-from lisegagr_core.run.pipeline import RegionRun
+from lisegagr_core.run.plan import RegionRun
 from lisegagr_core.run.stages import segment_batch
 from tasks.retries import retried_task
 from tasks.worker_check import check_this_worker, this_worker

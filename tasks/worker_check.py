@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lisegagr_core.errors import LisegagrError
-from lisegagr_core.run.pipeline import RegionRun, installed_version
+from lisegagr_core.run.plan import RegionRun, installed_version
 
 
 class WorkerUnfit(LisegagrError):

@@ -23,6 +23,7 @@ format tag, version, config (JSON), class names, the state dict and its sha256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -309,3 +310,11 @@ def _read_torch_file(path: str | Path) -> Any:
         raise InputError(
             f"{path} is not a PyTorch weights file that can be read safely (weights_only)."
         ) from None
+
+
+@functools.cache
+def loaded_classifier(path: str, device: str | None = None) -> tuple[FieldClassifier, str]:
+    """The classifier of a file and its weights' sha256, loaded once per process and device
+    (what a run's planner hashes and its workers apply)."""
+    classifier, header = load_classifier(path, device=device)
+    return classifier, str(header["sha256"])

@@ -3,8 +3,11 @@
     store.py     the output folder: its layout, tile results, scores (`RegionPaths`)
     manifest.py  manifest.json, typed (`RunManifest`, `TileStatus`)
     lock.py      one run per output folder (`RunLock`)
+    plan.py      a run planned, by value (`plan_run` → `RegionRun`)
     stages.py    the stages, plain functions (segment a batch, merge, write, vectorise)
-    pipeline.py  the run over any executor (`plan_run`, `run_pipeline`, `Executor`)
+    pipeline.py  the run over any executor (`run_pipeline`, `Executor`)
+    assemble.py  a run assembled once for every entry point: model, settings, plan, output
+                 claimed (`claim_run`, `RunRequest`)
     local.py     the in-process executor (`run_region`)
     status.py    where a run stands, for `lisegagr status` (`run_status`, `RunStatus`)
     export.py    every export of a run, for any GIS: fields as GeoPackage, GeoJSON, FlatGeobuf,
@@ -23,11 +26,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lisegagr_core.run.assemble import RunRequest, claim_run
     from lisegagr_core.run.export import EXPORT_FORMATS, ExportFormat, export_run
     from lisegagr_core.run.local import InProcessExecutor, run_region
     from lisegagr_core.run.lock import RunLock
     from lisegagr_core.run.manifest import RunManifest, TileStatus, read_manifest
-    from lisegagr_core.run.pipeline import Executor, RegionRun, plan_run, run_pipeline
+    from lisegagr_core.run.pipeline import Executor, run_pipeline
+    from lisegagr_core.run.plan import RegionRun, plan_run
     from lisegagr_core.run.status import RunStatus, run_status
     from lisegagr_core.run.store import RegionPaths
 
@@ -37,16 +42,18 @@ if TYPE_CHECKING:
 _WHERE = {
     "EXPORT_FORMATS": "export",
     "Executor": "pipeline",
+    "RunRequest": "assemble",
+    "claim_run": "assemble",
     "ExportFormat": "export",
     "InProcessExecutor": "local",
     "RegionPaths": "store",
-    "RegionRun": "pipeline",
+    "RegionRun": "plan",
     "RunLock": "lock",
     "RunManifest": "manifest",
     "RunStatus": "status",
     "TileStatus": "manifest",
     "export_run": "export",
-    "plan_run": "pipeline",
+    "plan_run": "plan",
     "read_manifest": "manifest",
     "run_pipeline": "pipeline",
     "run_region": "local",
@@ -62,8 +69,10 @@ __all__ = [
     "RegionRun",
     "RunLock",
     "RunManifest",
+    "RunRequest",
     "RunStatus",
     "TileStatus",
+    "claim_run",
     "export_run",
     "plan_run",
     "read_manifest",

@@ -36,7 +36,7 @@ from lisegagr_core.errors import InputError
 from lisegagr_core.rasters import absolute_sources
 from lisegagr_core.run.lock import RunLock
 from lisegagr_core.run.manifest import read_manifest
-from lisegagr_core.run.pipeline import RegionRun, plan_run
+from lisegagr_core.run.plan import RegionRun, plan_run
 from lisegagr_core.run.store import RegionPaths
 from lisegagr_core.source_specs import MaskSourceSpec, SamSpec
 from lisegagr_core.storage import check_writable, storage_errors

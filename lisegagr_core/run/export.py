@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from lisegagr_core.errors import InputError
-from lisegagr_core.run.store import RegionPaths
+from lisegagr_core.run.store import EXPORT_FILES, RegionPaths
 from lisegagr_core.storage import check_writable, storage_errors
 
 if TYPE_CHECKING:
@@ -184,11 +184,16 @@ def _rasters_as_cogs(paths: RegionPaths) -> Write:
     return write
 
 
+_WRITERS: dict[str, Callable[[RegionPaths], Write]] = {
+    "gpkg": _fields_as("GPKG"),
+    "geojson": _fields_as("GeoJSON"),
+    "fgb": _fields_as("FlatGeobuf"),
+    "cog": _rasters_as_cogs,
+}
+
 #: Every format `export_run` writes, by the name `lisegagr export --format` takes: the files
-#: it writes (named as in the run folder) and how. Adding a format is one entry here.
+#: it writes (`store.EXPORT_FILES`, the run folder's layout) and how (`_WRITERS`). A format is
+#: added with its files there and its writer here.
 EXPORT_FORMATS: dict[str, ExportFormat] = {
-    "gpkg": ExportFormat(("fields.gpkg",), _fields_as("GPKG")),
-    "geojson": ExportFormat(("fields.geojson",), _fields_as("GeoJSON")),
-    "fgb": ExportFormat(("fields.fgb",), _fields_as("FlatGeobuf")),
-    "cog": ExportFormat(("labels.tif", "classes.tif"), _rasters_as_cogs),
+    name: ExportFormat(files, _WRITERS[name]) for name, files in EXPORT_FILES.items()
 }

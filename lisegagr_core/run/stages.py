@@ -11,7 +11,6 @@ call them the same way; they hold the method, the executors only place and retry
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -44,7 +43,7 @@ from lisegagr_core.run.store import RegionPaths
 from lisegagr_core.tiles import TilePixels, TileResult, read_tile, segment_tiles, tile_hash
 
 if TYPE_CHECKING:
-    from lisegagr_core.run.pipeline import RegionRun
+    from lisegagr_core.run.plan import RegionRun
 
 log = logging.getLogger(__name__)
 
@@ -139,29 +138,17 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
-@functools.cache
-def _loaded_classifier(path: str, device: str | None) -> tuple[Any, str]:
-    """The classifier of a file and its weights' sha256, loaded once per process."""
-    from lisegagr_core.classify import load_classifier
-
-    classifier, header = load_classifier(path, device=device)
-    return classifier, str(header["sha256"])
-
-
-def classifier_sha256(path: str) -> str:
-    return _loaded_classifier(path, None)[1]
-
-
 def _classify_tile(run: RegionRun, pixels: TilePixels, digest: str) -> None:
     """P(field) of every instance of a segmented tile, stored beside its labels, unless they
     are stored (keyed by tile hash and classifier hash: a new classifier redoes only this)."""
     from lisegagr_core.classify import classify_instances
+    from lisegagr_core.classify.model import loaded_classifier
 
     assert run.config.classifier and run.classifier_hash
     key = pixels.spec.key
     if run.paths.exists(run.paths.scores(key, digest, run.classifier_hash)):
         return
-    classifier, _ = _loaded_classifier(run.config.classifier, run.device)
+    classifier, _ = loaded_classifier(run.config.classifier, run.device)
     result = run.paths.load_tile_result(key, digest)
     scores = classify_instances(pixels.image().rgb, result.labels, classifier)
     run.paths.save_scores(key, digest, run.classifier_hash, scores)

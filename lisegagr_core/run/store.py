@@ -32,6 +32,15 @@ import fsspec
 if TYPE_CHECKING:
     from lisegagr_core.tiles import TileResult
 
+#: The files each format of `export.export_run` writes, named as in this folder (where they go
+#: by default); `clear` removes them with the run.
+EXPORT_FILES: dict[str, tuple[str, ...]] = {
+    "gpkg": ("fields.gpkg",),
+    "geojson": ("fields.geojson",),
+    "fgb": ("fields.fgb",),
+    "cog": ("labels.tif", "classes.tif"),
+}
+
 #: Everything a run writes; `clear` removes these and the exports beside them (`exports`).
 RUN_OUTPUTS = ("mosaic.zarr", "fields.parquet", "manifest.json", "tiles", "scores")
 
@@ -71,10 +80,8 @@ class RegionPaths:
     def exports(self, format: str | None = None) -> list[str]:
         """Where `export_run` writes `format` (a key of `export.EXPORT_FORMATS`) by default, or
         every format when None: files in this folder, named by the format."""
-        from lisegagr_core.run.export import EXPORT_FORMATS
-
-        formats = EXPORT_FORMATS.values() if format is None else [EXPORT_FORMATS[format]]
-        return [self.join(name) for chosen in formats for name in chosen.files]
+        formats = EXPORT_FILES.values() if format is None else [EXPORT_FILES[format]]
+        return [self.join(name) for files in formats for name in files]
 
     def outputs(self) -> list[str]:
         """Everything a run and its exports write here: what `clear` removes."""
