@@ -30,31 +30,21 @@ from lisegagr_core.storage import check_writable
 from lisegagr_core.weights import DEFAULT_WEIGHTS_DIR
 
 if TYPE_CHECKING:
-    from lisegagr_core.config import RegionConfig
-    from lisegagr_core.run import RunManifest
-    from lisegagr_core.source_specs import MaskSourceSpec
+    from lisegagr_core.run import RunManifest, RunRequest
 
 
 def execute_run(
-    sources: list[str],
-    output: str,
-    config: Path | RegionConfig | None,
-    overrides: dict[str, Any],
+    request: RunRequest,
     *,
-    model: str | None,
-    weights_dir: Path,
-    device: str | None,
-    scheduler: str | None,
-    workers: int | None,
-    source_spec: MaskSourceSpec | None = None,
-    classify: bool = True,
-    overwrite: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
     segmentation_resource: str = "auto",
     wait_for_workers: float | None = None,
     connect_timeout: float | None = None,
 ) -> RunManifest:
-    """Assemble the run and claim its output (`claim_run`), then run the region flow on one
-    Prefect server and a Dask cluster.
+    """Assemble the run `request` asks for and claim its output (`claim_run`), then run the
+    region flow on one Prefect server and a Dask cluster (`scheduler`'s, or a local one of
+    `workers`).
 
     Bad input (a raster, a band, a checkpoint, a setting, a busy output, a scheduler that does
     not answer) fails here in one sentence, before any server or cluster starts. While no
@@ -73,24 +63,13 @@ def execute_run(
     from flows.region import listening_to_tiles, map_region, one_sentence_errors, task_runner
     from flows.server import prefect_server
     from lisegagr_core.run import TileStatus
-    from lisegagr_core.run.assemble import RunRequest, claim_run
+    from lisegagr_core.run.assemble import claim_run
 
+    output = request.out
     placement = Placement(
         segmentation_resource,
         WAIT_FOR_WORKERS_S if wait_for_workers is None else wait_for_workers,
         resume_hint=f"lisegagr resume {output}",
-    )
-    request = RunRequest(
-        sources,
-        output,
-        config,
-        overrides,
-        model=model,
-        weights_dir=weights_dir,
-        device=device,
-        source=source_spec,
-        classify=classify,
-        overwrite=overwrite,
     )
     with contextlib.ExitStack() as claimed:
         try:
@@ -388,7 +367,9 @@ def run(
     ):
         if value is not None:
             overrides[key] = value
-    manifest = execute_run(
+    from lisegagr_core.run import RunRequest
+
+    request = RunRequest(
         sources,
         output,
         config,
@@ -396,10 +377,13 @@ def run(
         model=model,
         weights_dir=weights_dir,
         device=device,
-        scheduler=scheduler,
-        workers=workers,
         classify=not no_classifier,
         overwrite=overwrite,
+    )
+    manifest = execute_run(
+        request,
+        scheduler=scheduler,
+        workers=workers,
         segmentation_resource=segmentation_resource,
         wait_for_workers=wait_for_workers,
         connect_timeout=connect_timeout,
@@ -445,7 +429,7 @@ def resume(
     from pydantic import ValidationError
 
     from lisegagr_core.config import RegionConfig
-    from lisegagr_core.run import read_manifest
+    from lisegagr_core.run import RunRequest, read_manifest
     from lisegagr_core.source_specs import spec_from_record
 
     try:
@@ -464,16 +448,9 @@ def resume(
     except LisegagrError as exc:
         raise fail(str(exc)) from None
     resumed = execute_run(
-        manifest.sources,
-        output,
-        config,
-        {},
-        model=None,
-        weights_dir=weights_dir,
-        device=source.device,
+        RunRequest(manifest.sources, output, config, source=source),
         scheduler=scheduler,
         workers=workers,
-        source_spec=source,
         segmentation_resource=segmentation_resource,
         wait_for_workers=wait_for_workers,
         connect_timeout=connect_timeout,
@@ -629,17 +606,12 @@ def demo(
     overrides: dict[str, Any] = {}
     if points_per_side is not None:
         overrides["engine.amg.points_per_side"] = points_per_side
-    manifest = execute_run(
-        [str(scene_path)],
-        str(mapped),
-        None,
-        overrides,
-        model=model,
-        weights_dir=weights_dir,
-        device=device,
-        scheduler=None,
-        workers=workers,
+    from lisegagr_core.run import RunRequest
+
+    request = RunRequest(
+        [str(scene_path)], str(mapped), None, overrides, model, weights_dir, device
     )
+    manifest = execute_run(request, workers=workers)
     # Score the mosaic against the scene's known fields, on the scene's own pixels.
     from rasterio.windows import Window, from_bounds
 

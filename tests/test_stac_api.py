@@ -159,8 +159,8 @@ def test_run_searches_the_api_and_cuts_the_map_to_the_box(
     searches again) and --bbox (longitude, latitude) as a box in the imagery's CRS."""
     handed: dict[str, Any] = {}
 
-    def execute_run(sources: list[str], output: str, config: Any, overrides: Any, **_: Any) -> Any:
-        handed.update(sources=sources, overrides=overrides)
+    def execute_run(request: Any, **_: Any) -> Any:
+        handed.update(sources=list(request.sources), overrides=request.overrides)
         raise SystemExit(0)
 
     monkeypatch.setattr(lisegagr.cli_region, "execute_run", execute_run)
