@@ -338,3 +338,29 @@ def test_choose_model_takes_the_one_asked_for_else_present_vit_b_else_the_defaul
         _write_manifest(tmp_path / "manifest.json", {"mine": _entry(None)}, default="mine")
     )
     assert choose_model(None, tmp_path, without_vit_b) == "mine"
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker checks a checkpoint against the run's sha256 and then loads it: one read."""
+    import hashlib
+
+    import lisegagr_core.weights as weights
+
+    made: list[object] = []
+    real = hashlib.sha256
+
+    def counting() -> object:
+        made.append(None)
+        return real()
+
+    monkeypatch.setattr(weights.hashlib, "sha256", counting)
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights")
+    first = sha256_file(path)
+    assert sha256_file(path) == first == real(b"weights").hexdigest()
+    assert len(made) == 1
+    path.write_bytes(b"other weights")  # another size: hashed again
+    assert sha256_file(path) == real(b"other weights").hexdigest()
+    assert len(made) == 2
