@@ -71,6 +71,9 @@ class AmgSettings(_Settings):
     seeds."""
     head_min_seed_area: int = Field(100, ge=1)
     """Field head: seeds smaller than this (image pixels) are dropped."""
+    head_mirror: bool = False
+    """Field head: average its maps over the image and its left-right mirror (test-time
+    augmentation; one more encoder pass per image)."""
     encoder_precision: Precision = "auto"
     """Image encoder precision of the fast generator; auto: bf16 on CUDA, fp32 elsewhere."""
     decoder_precision: Literal["fp32", "bf16"] = "fp32"
@@ -97,6 +100,7 @@ class AmgSettings(_Settings):
             "head_boundary_thresh",
             "head_opening_px",
             "head_min_seed_area",
+            "head_mirror",
             "encoder_precision",
             "decoder_precision",
             "compile_encoder",

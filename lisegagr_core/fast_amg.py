@@ -177,7 +177,12 @@ class FastMaskGenerator:
         if self.settings.prompts == "field-head" or self.settings.head_clip:
             with self._timed("field head"):
                 maps = predict_field_maps(
-                    self.sam, self.encoder, [crop], features, inputs=[prepared]
+                    self.sam,
+                    self.encoder,
+                    [crop],
+                    features,
+                    inputs=[prepared],
+                    mirror=self.settings.head_mirror,
                 )[0]
         with self._timed("decoder"):
             candidates = self._decode(features, crop, input_size, layer, maps)

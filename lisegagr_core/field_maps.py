@@ -65,11 +65,15 @@ def predict_field_maps(
     images: Sequence[NDArray[np.uint8]],
     features: torch.Tensor | None = None,
     inputs: Sequence[torch.Tensor] | None = None,
+    *,
+    mirror: bool = False,
 ) -> list[FieldMaps]:
     """The head's maps of (H, W, 3) uint8 `images`, at each image's own size.
 
     `inputs` are the images' model inputs (`encoder.prepare`) and `features` their embeddings,
     when the caller already has them; each image is prepared and encoded once either way.
+    `mirror`: each map the mean of the image's and its left-right mirror's (the mirror's
+    flipped back), at the cost of one more encoder pass.
     """
     head = field_head_of(sam)
     if head is None:
@@ -89,7 +93,25 @@ def predict_field_maps(
         resized = F.interpolate(probabilities, size=image.shape[:2], mode="bilinear")[0]
         values = resized.cpu().numpy().astype(np.float32)
         maps.append(FieldMaps(values[EXTENT], values[BOUNDARY], values[DEPTH]))
+    if mirror:
+        mirrored = predict_field_maps(
+            sam, encoder, [np.ascontiguousarray(image[:, ::-1]) for image in images]
+        )
+        maps = [_mean(found, flipped) for found, flipped in zip(maps, mirrored, strict=True)]
     return maps
+
+
+def _mean(maps: FieldMaps, mirrored: FieldMaps) -> FieldMaps:
+    """The mean of an image's maps and its mirror's, flipped back onto the image."""
+
+    def mean(a: FloatMap, b: FloatMap) -> FloatMap:
+        return np.asarray((a + b[:, ::-1]) / 2, dtype=np.float32)
+
+    return FieldMaps(
+        mean(maps.extent, mirrored.extent),
+        mean(maps.boundary, mirrored.boundary),
+        mean(maps.depth, mirrored.depth),
+    )
 
 
 def seed_labels(
@@ -178,7 +200,7 @@ class HeadMaskGenerator:
         )
 
     def generate_many(self, images: Sequence[NDArray[np.uint8]]) -> list[MaskSet]:
-        maps = predict_field_maps(self.sam, self.encoder, images)
+        maps = predict_field_maps(self.sam, self.encoder, images, mirror=self.settings.head_mirror)
         results = []
         for image, found in zip(images, maps, strict=True):
             allowed = ~white_pixels(image)

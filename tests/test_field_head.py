@@ -88,6 +88,40 @@ def test_head_maps_have_the_input_size_and_probabilities_lie_in_0_1() -> None:
         assert values.dtype == np.float32 and values.min() >= 0.0 and values.max() <= 1.0
 
 
+def test_mirrored_maps_are_the_same_for_an_image_and_its_mirror() -> None:
+    """Test-time mirroring (amg.head_mirror) makes the head's maps equivariant to a left-right
+    flip, which a network alone is not."""
+    sam = _loaded().model
+    encoder = ImageEncoder(sam)
+    image = make_farmland_scene(96, seed=3).rgb
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    plain = predict_field_maps(sam, encoder, [image, flipped])
+    assert not np.allclose(plain[0].boundary, plain[1].boundary[:, ::-1], atol=1e-4)
+    one, other = predict_field_maps(sam, encoder, [image, flipped], mirror=True)
+    for name in ("extent", "boundary", "depth"):
+        np.testing.assert_allclose(getattr(one, name), getattr(other, name)[:, ::-1], atol=1e-5)
+
+
+def test_the_head_mask_generator_mirrors_when_its_settings_say_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lisegagr_core.field_maps as field_maps
+
+    asked: list[bool] = []
+    real = field_maps.predict_field_maps
+
+    def recording(*args: object, mirror: bool = False, **kwargs: object) -> list[FieldMaps]:
+        asked.append(mirror)
+        return real(*args, mirror=mirror, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(field_maps, "predict_field_maps", recording)
+    image = make_farmland_scene(96, seed=3).rgb
+    for mirror in (False, True):
+        settings = AmgSettings(generator="field-head", head_mirror=mirror)
+        field_maps.HeadMaskGenerator(_loaded().model, settings).generate_many([image])
+    assert asked == [False, True, False]  # plain; mirrored, which maps the mirror plainly
+
+
 def test_a_model_built_with_a_head_width_carries_the_head_in_its_state_dict() -> None:
     sam = build_sam(TINY_HEAD)
     assert isinstance(field_head_of(sam), FieldHead)
