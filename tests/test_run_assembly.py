@@ -130,7 +130,10 @@ def test_the_region_flow_claims_its_output_before_its_cluster_starts(
     (out / ".lock").write_text(json.dumps(holder))
     clusters: list[object] = []
     monkeypatch.setattr(flows.region, "task_runner", lambda *args: clusters.append(args))
-    with pytest.raises(InputError, match="is being written by another run"):
+    with (
+        flows.region.one_sentence_errors(),  # as the CLI says it: no traceback in the log
+        pytest.raises(InputError, match="is being written by another run"),
+    ):
         flows.region.region_flow([str(imagery)], str(out), model="tiny", device="cpu")
     assert clusters == [] and json.loads((out / ".lock").read_text()) == holder
 
