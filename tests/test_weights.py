@@ -236,7 +236,7 @@ def test_project_manifest_pins_meta_checkpoints() -> None:
     manifest = Manifest.load(DEFAULT_MANIFEST_PATH)
     meta = {n: s for n, s in manifest.entries.items() if s.url is not None}
 
-    assert manifest.default == "lisegagr-fields-v3"  # the project's own, committed beside it
+    assert manifest.default == "lisegagr-fields-v4"  # the project's own, committed beside it
     assert {n: (s.arch, s.size, s.sha256[:8]) for n, s in meta.items()} == {
         "vit_b": ("vit_b", 375042383, "ec2df627"),
         "vit_l": ("vit_l", 1249524607, "3adcc431"),
