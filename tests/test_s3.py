@@ -161,3 +161,19 @@ def test_access_denied_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
         s3fs.S3FileSystem.clear_instance_cache()
         with pytest.raises(InputError, match=r"imagery/scene\.tif: access denied"):
             open_rasters(["s3://imagery/scene.tif"])
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_a_run_lock_in_a_bucket_is_a_conditional_put_that_one_run_wins() -> None:
+    """On S3 the lock is created with If-None-Match (s3fs's mode "xb"): a second run is
+    refused even when the first has only just written it."""
+    from lisegagr_core.errors import InputError
+    from lisegagr_core.run import RegionPaths, RunLock
+
+    _bucket("locks")
+    first = RunLock(RegionPaths("s3://locks/county"))
+    first.acquire()
+    with pytest.raises(InputError, match="s3://locks/county is being written by another run"):
+        RunLock(RegionPaths("s3://locks/county")).acquire()
+    first.release()
+    RunLock(RegionPaths("s3://locks/county")).acquire()  # free again
