@@ -3,10 +3,11 @@
 A Dask worker cannot receive a loaded SAM with every task; it receives a small spec and
 builds the model once per process (`models.load_sam` caches it by checkpoint hash and device).
 
-`MaskSourceSpec` is the contract every stage relies on; `SamSpec` is the production one. Other
-sources (the test stand-ins of `lisegagr_core.standins`, a user's own) register under the
-``lisegagr.mask_sources`` entry-point group by the ``kind`` their `record()` writes, so a run's
-manifest can be resumed (`spec_from_record`) without this module knowing them.
+`MaskSourceSpec` is the contract every stage relies on; `SamSpec` is the production one (kind
+``sam``). Other sources (the test stand-ins of `lisegagr_core.standins`, a user's own)
+register under the ``lisegagr.mask_sources`` entry-point group by the ``kind`` their
+`record()` writes, so a run's manifest can be resumed (`spec_from_record`) without this module
+knowing them.
 """
 
 from __future__ import annotations
@@ -213,9 +214,13 @@ def spec_from_record(record: dict[str, str | None]) -> MaskSourceSpec:
     """The mask source a run's manifest recorded, rebuilt by the entry point of its ``kind``
     (group ``lisegagr.mask_sources``: its ``from_record``). An unknown kind is one sentence."""
     kind = record.get("kind") or "sam"
+    if kind == "sam":  # the production source needs no installed entry point
+        return SamSpec.from_record(record)
     found = entry_points(group=ENTRY_POINT_GROUP, name=kind)
     if not found:
-        known = ", ".join(sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)))
+        known = ", ".join(
+            sorted({"sam", *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+        )
         raise InputError(
             f"the run's mask source is of kind {kind!r}, which no installed package provides "
             f"(known: {known}); install the package that made the run."
