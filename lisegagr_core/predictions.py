@@ -180,7 +180,8 @@ def _run_output(folder: Path) -> Prediction:
 
     paths = RegionPaths(str(folder))
     try:
-        mosaic = xr.open_zarr(paths.mosaic, decode_coords="all", consolidated=False)
+        # chunks=None: read with Zarr, not a Dask graph (whatever Dask scheduler is configured)
+        mosaic = xr.open_zarr(paths.mosaic, decode_coords="all", consolidated=False, chunks=None)
         labels = np.asarray(mosaic["labels"].values, dtype=np.uint32)
         transform, crs = mosaic.rio.transform(), mosaic.rio.crs
     except (OSError, KeyError, ValueError) as exc:

@@ -70,3 +70,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             if type(handler).__name__ == "PrefectConsoleHandler":
                 handler.console._file = None  # rich: None follows sys.stderr when stderr=True
                 handler.console.stderr = True
+
+
+@pytest.fixture(autouse=True)
+def _dask_scheduler_restored() -> Iterator[None]:
+    """Each test starts with the Dask scheduler setting it found. A distributed `Client` sets
+    ``scheduler: dask.distributed`` while it is open and restores the old value when it
+    closes; two clients of one process (a test's own and a flow's task runner) closing out of
+    order leave the setting behind with no client, and every later in-process compute fails
+    with "Requested dask.distributed scheduler but no Client active"."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    if dask.config.get("scheduler", None) != before:
+        dask.config.set(scheduler=before)
