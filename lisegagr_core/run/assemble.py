@@ -82,13 +82,13 @@ def assemble_run(request: RunRequest) -> RegionRun:
                 "overrides change a configuration file or the defaults, not a RegionConfig"
             )
         config = request.config
+        if not request.classify:
+            config = config.model_copy(update={"classifier": None})
     else:
         config = load_region_config(
             config_file, dict(request.overrides), model_settings=model_settings
         )
-        config = with_default_classifier(config, request.weights_dir)
-    if not request.classify:
-        config = config.model_copy(update={"classifier": None})
+        config = with_default_classifier(config, request.weights_dir, enabled=request.classify)
     return plan_run(
         request.sources,
         request.out,

@@ -49,12 +49,6 @@ class RunLock:
         same_host = holder.get("host") == socket.gethostname()
         return same_host and not _pid_alive(_pid(holder))
 
-    def check(self) -> None:
-        """Raise `InputError` when a live run (or one on another host) holds the lock."""
-        holder = self.holder()
-        if holder is not None and not self.is_gone(holder):
-            raise self._busy(holder)
-
     def acquire(self) -> str:
         """Take the lock (over a dead run's, with a warning); returns the claim. Raises
         `InputError` when a live run holds it, even one that took it a moment ago."""
