@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from lisegagr_core.config import load_config
+from lisegagr_core.config import load_config, load_region_config
 from lisegagr_core.evaluation import PartitionScores, pool_scores, score_with_pixels
 from lisegagr_core.imagery import read_image
 from lisegagr_core.metrics import SegmentationScores
 from lisegagr_core.models import LoadedSam, model_description
 from lisegagr_core.mosaic import CLASS_FIELD, open_mosaic
 from lisegagr_core.single_image import segment_loaded
+from lisegagr_core.source_specs import SamSpec
 from lisegagr_core.sources import SamMaskSource
 from lisegagr_core.training.data import AnnotatedSource, read_scene
 from lisegagr_core.training.machine import machine
@@ -157,6 +158,9 @@ def _score_run(
     }
     if classifier is not None:
         engine["classifier"] = classifier
+    # the model chosen and its settings applied once, as `claim_run` would for every image
+    source, settings = SamSpec.choose(sam.name, weights_dir, str(sam.device))
+    config = load_region_config(None, engine, model_settings=settings)
     every: list[tuple[str, PartitionScores]] = []
     fields_only: list[tuple[str, PartitionScores]] = []
     counts = [0, 0]
@@ -164,15 +168,7 @@ def _score_run(
     for annotated, truth in scenes:
         out = workdir / variant / Path(annotated.name).stem
         shutil.rmtree(out, ignore_errors=True)
-        run_region(
-            [str(annotated.image_path)],
-            str(out),
-            model=sam.name,
-            weights_dir=weights_dir,
-            device=str(sam.device),
-            overrides=engine,
-            classify=classifier is not None,
-        )
+        run_region([str(annotated.image_path)], str(out), config, source)
         labels = read_predictions(out)[0].labels
         every.append((annotated.name, score_with_pixels(truth, labels)))
         counts[0] += len(np.unique(labels[labels > 0]))
