@@ -299,19 +299,7 @@ def test_the_stop_after_the_wait_is_one_sentence_in_a_terminal_too(
     """As a user runs it (the command's own log handler, not Prefect's): no traceback."""
     imagery, _ = write_scene(tmp_path, size=256)
     out = tmp_path / "out"
-    process = _run_cli(
-        [
-            "run",
-            str(imagery),
-            "--out",
-            str(out),
-            "--scheduler",
-            cluster.address,
-            *TINY,
-            "--wait-for-workers",
-            "2",
-        ]
-    )
+    process = _run_cli(_run_args(imagery, out, cluster, "--wait-for-workers", "2"))
     try:
         _, stderr = process.communicate(timeout=240)
     finally:
